@@ -1,0 +1,109 @@
+"""Turning arrays as users have them into the model's input, and back.
+
+Shared by the dataset pipeline and the Predictor so that training and
+inference see identical pixels.  Numpy only (torch is imported lazily by the
+callers): an image of any dtype/channel layout becomes ``float32 (H, W, 3)``
+in ``[0, 1]``; the network applies the mean/std of its saved
+:class:`~napari_mtunet.config.Preprocessing` itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ImageFormatError(ValueError):
+    """An array cannot be used as an image; the message says what is wrong."""
+
+
+def _describe(where: str | None) -> str:
+    return f"{where}: " if where else ""
+
+
+def to_float_rgb(image: np.ndarray, *, where: str | None = None) -> np.ndarray:
+    """Convert a 2-D image (grey, grey+1 channel, RGB or RGBA) to float32 RGB in [0, 1].
+
+    - integer dtypes are divided by their dtype maximum (uint8 by 255, uint16 by
+      65535; bool -> {0, 1}), so intensities mean the same across images;
+    - float images within ``[0, 1]`` are kept, other float ranges are min-max
+      scaled per image (documented: absolute float intensities are not
+      comparable across files);
+    - NaN or infinite pixels are rejected (they would poison the network).
+    """
+    pre = _describe(where)
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        channels = 1
+    elif arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        channels = arr.shape[-1]
+    else:
+        raise ImageFormatError(
+            f"{pre}expected a 2-D image (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {arr.shape}"
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageFormatError(f"{pre}image has an empty dimension: shape {arr.shape}")
+    if channels == 4:
+        arr = arr[..., :3]
+    if arr.dtype == bool:
+        out = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(arr.dtype)
+        out = arr.astype(np.float32)
+        if info.min < 0:
+            out = (out - info.min) / float(info.max - info.min)
+        else:
+            out /= float(info.max)
+    elif np.issubdtype(arr.dtype, np.floating):
+        out = arr.astype(np.float32, copy=True)
+        if not np.isfinite(out).all():
+            n_bad = int((~np.isfinite(out)).sum())
+            raise ImageFormatError(f"{pre}image contains {n_bad} NaN or infinite pixel(s)")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0.0 or hi > 1.0:
+            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    else:
+        raise ImageFormatError(f"{pre}unsupported pixel type {arr.dtype}")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def to_binary_mask(mask: np.ndarray, *, where: str | None = None) -> np.ndarray:
+    """Any non-zero pixel is foreground; RGB(A) masks count a pixel if any channel is non-zero."""
+    pre = _describe(where)
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
+        arr = arr.any(axis=-1) if arr.shape[-1] > 1 else arr[..., 0]
+    if arr.ndim != 2:
+        raise ImageFormatError(f"{pre}expected a 2-D mask, got shape {np.asarray(mask).shape}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise ImageFormatError(f"{pre}mask contains NaN or infinite values")
+    return (arr != 0).astype(np.uint8)
+
+
+def split_stack(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.ndarray], bool]:
+    """Split a napari-style array into 2-D images.
+
+    Returns ``(images, is_stack)``.  ``(H, W)`` and ``(H, W, 3|4)`` are single
+    images; ``(N, H, W)`` and ``(N, H, W, 3|4)`` are stacks.  ``rgb`` resolves
+    the ``(3, H, W)``-versus-``(H, W, 3)`` ambiguity the same way napari does
+    (last axis of size 3/4 means RGB unless told otherwise).
+    """
+    arr = image
+    ndim = arr.ndim
+    if ndim == 2:
+        return [arr], False
+    last_is_rgb = arr.shape[-1] in (3, 4) if rgb is None else bool(rgb)
+    if ndim == 3:
+        if last_is_rgb:
+            return [arr], False
+        return [arr[i] for i in range(arr.shape[0])], True
+    if ndim == 4 and last_is_rgb:
+        return [arr[i] for i in range(arr.shape[0])], True
+    raise ImageFormatError(
+        f"cannot interpret an array of shape {arr.shape} as an image or a stack of images "
+        "(expected (H, W), (H, W, 3|4), (N, H, W) or (N, H, W, 3|4))"
+    )
