@@ -1,0 +1,432 @@
+"""Prediction on arrays as napari holds them: any size, dtype, channels, stacks, huge images.
+
+Three ways to run the network over an image (``mode``):
+
+- ``resize``: the whole image is resized to the training size
+  (``preprocessing.image_size``), predicted, and the probability map is
+  resized back.  This is how models trained on whole resized images
+  (BUSI, ISIC, ...) see their inputs, and it is the default for them.
+- ``native``: the image is predicted at its own resolution, reflect-padded to
+  a multiple of 32 and cropped back.
+- ``tiled``: native resolution in overlapping tiles whose probabilities are
+  blended with a linear ramp over the overlap (no visible seams).  Tiles
+  are processed one row at a time into a band buffer, so working memory is
+  bounded by ``tile_size x image width`` and no float copy of the whole
+  image is made.  The image-level class is the average of the tiles' class
+  probabilities weighted by how much real (unpadded) image each tile covers.
+
+``auto`` picks ``resize`` for resize-trained models up to
+``max_resize_side`` pixels, otherwise ``native`` when the image fits in one
+tile and ``tiled`` beyond.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointInfo, info_for_model, load_checkpoint
+from .device import resolve_device
+from .preprocess import ImageFormatError, split_stack, to_float_rgb
+
+MODES = ("auto", "resize", "native", "tiled")
+
+
+@dataclass
+class Prediction:
+    """The result for one 2-D image."""
+
+    mask: np.ndarray | None  # uint8 (H, W): 0/1 (or class labels for multi-class seg)
+    probability: np.ndarray | None  # float32 (H, W): foreground probability
+    class_index: int | None
+    class_name: str | None
+    class_probabilities: np.ndarray | None  # float32 (C,)
+    class_names: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+    mode: str = "resize"
+    model_name: str = ""
+    model_hash: str = ""
+
+    def to_metadata(self) -> dict[str, Any]:
+        """JSON-friendly summary for a napari layer's ``metadata["mtunet"]``."""
+        probs = None
+        if self.class_probabilities is not None:
+            probs = {n: float(p) for n, p in zip(self.class_names, self.class_probabilities)}
+        return {
+            "class_name": self.class_name,
+            "class_index": self.class_index,
+            "class_probabilities": probs,
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "model_name": self.model_name,
+            "model_hash": self.model_hash,
+            "lesion_fraction": float((self.mask > 0).mean()) if self.mask is not None else None,
+        }
+
+
+def _ramp_weight(th: int, tw: int, overlap_y: int, overlap_x: int) -> np.ndarray:
+    """Separable blending window: 1 in the middle, linear ramps over the overlaps."""
+
+    def ramp(n: int, ov: int) -> np.ndarray:
+        w = np.ones(n, np.float32)
+        if ov > 0:
+            r = (np.arange(ov, dtype=np.float32) + 1) / (ov + 1)
+            w[:ov] = r
+            w[-ov:] = np.minimum(w[-ov:], r[::-1])
+        return w
+
+    return np.outer(ramp(th, overlap_y), ramp(tw, overlap_x))
+
+
+def _positions(length: int, tile: int, stride: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    pos = list(range(0, length - tile, stride))
+    pos.append(length - tile)
+    return sorted(set(pos))
+
+
+class _Converter:
+    """Converts tiles of one image consistently (float images scaled by the global range)."""
+
+    def __init__(self, image: np.ndarray, where: str | None):
+        self.where = where
+        self.scale: tuple[float, float] | None = None
+        if np.issubdtype(image.dtype, np.floating):
+            arr = np.asarray(image)
+            if not np.isfinite(arr).all():
+                n_bad = int((~np.isfinite(arr)).sum())
+                raise ImageFormatError(f"{where + ': ' if where else ''}image contains {n_bad} NaN or infinite pixel(s)")
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < 0.0 or hi > 1.0:
+                self.scale = (lo, hi)
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        if self.scale is not None:
+            lo, hi = self.scale
+            tile = (np.asarray(tile, np.float32) - lo) / (hi - lo) if hi > lo else np.zeros(tile.shape, np.float32)
+        return to_float_rgb(tile, where=self.where)
+
+
+class Predictor:
+    """Run a trained model on numpy images.
+
+    ``model`` is a checkpoint path or an in-memory ``MultiTaskUNet``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        threshold: float = 0.5,
+        mode: str = "auto",
+        tile_size: int = 512,
+        tile_overlap: float = 0.25,
+        batch_size: int = 8,
+        max_resize_side: int = 2048,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if tile_size < 64 or tile_size % 32:
+            raise ValueError(f"tile_size must be a multiple of 32 and >= 64, got {tile_size}")
+        if not 0.0 <= tile_overlap < 0.5:
+            raise ValueError(f"tile_overlap must be in [0, 0.5), got {tile_overlap}")
+        self.device = resolve_device(device)
+        if isinstance(model, (str, os.PathLike)):
+            net, info = load_checkpoint(model, device=self.device)
+        else:
+            net = getattr(model, "module", model)
+            info = info_for_model(net)
+            net = net.to(self.device)
+        self.model = net.eval()
+        self.info: CheckpointInfo = info
+        self.threshold = float(threshold)
+        self.mode = mode
+        self.tile_size = int(tile_size)
+        self.tile_overlap = float(tile_overlap)
+        self.batch_size = max(1, int(batch_size))
+        self.max_resize_side = int(max_resize_side)
+        self.stride = self.model.output_stride
+        cfg = self.model.config
+        self.has_seg = self.model.decoder is not None
+        self.has_cls = self.model.classification_head is not None
+        self.seg_classes = int(cfg.seg_classes)
+        self.class_names = list(cfg.class_names)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def image_size(self) -> int:
+        return self.info.preprocessing.image_size
+
+    def choose_mode(self, height: int, width: int) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if self.info.preprocessing.resize and max(height, width) <= self.max_resize_side:
+            return "resize"
+        if height <= self.tile_size and width <= self.tile_size:
+            return "native"
+        return "tiled"
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(B,3,H,W) float in [0,1] on device -> (seg probabilities (B,K,H,W), class probabilities (B,C))."""
+        out = self.model(batch)
+        seg = cls = None
+        if out.seg is not None:
+            seg = torch.sigmoid(out.seg) if self.seg_classes == 1 else torch.softmax(out.seg, dim=1)
+        if out.cls is not None:
+            cls = torch.softmax(out.cls.float(), dim=1)
+        return seg, cls
+
+    def _finish(
+        self, prob: np.ndarray | None, cls_prob: np.ndarray | None, mode: str, return_probability: bool
+    ) -> Prediction:
+        mask = None
+        fg = None
+        if prob is not None:
+            if prob.ndim == 2:
+                mask = (prob >= self.threshold).astype(np.uint8)
+                fg = prob.astype(np.float32, copy=False)
+            else:  # multi-class segmentation: (K, H, W)
+                mask = prob.argmax(axis=0).astype(np.uint8)
+                fg = prob.max(axis=0).astype(np.float32)
+        idx = name = None
+        if cls_prob is not None:
+            idx = int(np.argmax(cls_prob))
+            name = self.class_names[idx] if idx < len(self.class_names) else str(idx)
+        return Prediction(
+            mask=mask,
+            probability=fg if return_probability else None,
+            class_index=idx,
+            class_name=name,
+            class_probabilities=None if cls_prob is None else cls_prob.astype(np.float32),
+            class_names=list(self.class_names),
+            threshold=self.threshold,
+            mode=mode,
+            model_name=self.info.name,
+            model_hash=self.info.content_hash,
+        )
+
+    def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(self.device)
+
+    def _squeeze_seg(self, seg: torch.Tensor) -> np.ndarray:
+        arr = seg.float().cpu().numpy()
+        return arr[0] if arr.shape[0] == 1 else arr
+
+    # ------------------------------------------------------------------ modes
+
+    def _resize_batch(self, rgbs: list[np.ndarray]) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        s = self.image_size
+        batch = torch.cat(
+            [
+                F.interpolate(self._to_tensor(r), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+                for r in rgbs
+            ]
+        )
+        seg, cls = self._forward(batch)
+        out = []
+        for i, r in enumerate(rgbs):
+            p = None
+            if seg is not None:
+                up = F.interpolate(seg[i : i + 1].float(), size=r.shape[:2], mode="bilinear", align_corners=False)
+                p = self._squeeze_seg(up[0])
+            out.append((p, None if cls is None else cls[i].cpu().numpy()))
+        return out
+
+    def _native(self, rgb: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        h, w = rgb.shape[:2]
+        ph = math.ceil(h / self.stride) * self.stride - h
+        pw = math.ceil(w / self.stride) * self.stride - w
+        x = self._to_tensor(rgb)
+        if ph or pw:
+            pad_mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=pad_mode)
+        seg, cls = self._forward(x)
+        p = None if seg is None else self._squeeze_seg(seg[0, :, :h, :w])
+        return p, None if cls is None else cls[0].cpu().numpy()
+
+    def _tiles(self, height: int, width: int) -> tuple[int, int, list[int], list[int], int, int]:
+        th = min(self.tile_size, math.ceil(height / self.stride) * self.stride)
+        tw = min(self.tile_size, math.ceil(width / self.stride) * self.stride)
+        ov_y = int(th * self.tile_overlap) // 2 * 2
+        ov_x = int(tw * self.tile_overlap) // 2 * 2
+        ys = _positions(height, th, th - ov_y)
+        xs = _positions(width, tw, tw - ov_x)
+        return th, tw, ys, xs, ov_y, ov_x
+
+    def iter_tiles(self, image: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield (y, x, float RGB tile) in row-major order, padded to the tile size where the image is smaller."""
+        h, w = image.shape[:2]
+        th, tw, ys, xs, _, _ = self._tiles(h, w)
+        conv = _Converter(image, None)
+        for y in ys:
+            for x in xs:
+                tile = conv(np.asarray(image[y : y + th, x : x + tw]))
+                if tile.shape[0] < th or tile.shape[1] < tw:
+                    tile = np.pad(tile, ((0, th - tile.shape[0]), (0, tw - tile.shape[1]), (0, 0)), mode="edge")
+                yield y, x, tile
+
+    def _tiled(
+        self, image: np.ndarray, where: str | None, return_probability: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Returns (probability or None, mask, class probabilities)."""
+        h, w = image.shape[:2]
+        th, tw, ys, xs, ov_y, ov_x = self._tiles(h, w)
+        conv = _Converter(image, where)
+        weight = _ramp_weight(th, tw, ov_y if len(ys) > 1 else 0, ov_x if len(xs) > 1 else 0)
+        k = self.seg_classes
+        prob_out = np.empty((h, w), np.float32) if (self.has_seg and return_probability and k == 1) else None
+        prob_multi = np.empty((k, h, w), np.float32) if (self.has_seg and k > 1) else None
+        mask_out = np.empty((h, w), np.uint8) if self.has_seg else None
+        acc = np.zeros((k, th, w), np.float32) if self.has_seg else None
+        wsum = np.zeros((th, w), np.float32) if self.has_seg else None
+        cls_acc = None
+        cls_wsum = 0.0
+
+        def flush(y0: int, y1: int, offset: int) -> None:
+            rows = slice(y0 - offset, y1 - offset)
+            p = acc[:, rows] / np.maximum(wsum[rows], 1e-8)
+            if k == 1:
+                if prob_out is not None:
+                    prob_out[y0:y1] = p[0]
+                mask_out[y0:y1] = p[0] >= self.threshold
+            else:
+                prob_multi[:, y0:y1] = p
+                mask_out[y0:y1] = p.argmax(axis=0)
+
+        for yi, y in enumerate(ys):
+            row_tiles = []
+            for x in xs:
+                tile = conv(np.asarray(image[y : y + th, x : x + tw]))
+                real = tile.shape[0] * tile.shape[1]
+                if tile.shape[0] < th or tile.shape[1] < tw:
+                    tile = np.pad(tile, ((0, th - tile.shape[0]), (0, tw - tile.shape[1]), (0, 0)), mode="edge")
+                row_tiles.append((x, tile, real))
+            for start in range(0, len(row_tiles), self.batch_size):
+                chunk = row_tiles[start : start + self.batch_size]
+                batch = torch.from_numpy(np.stack([t for _, t, _ in chunk])).permute(0, 3, 1, 2).to(self.device)
+                seg, cls = self._forward(batch)
+                if seg is not None:
+                    seg_np = seg.float().cpu().numpy()
+                    for (x, _, _), s in zip(chunk, seg_np):
+                        xe = min(x + tw, w)
+                        ye = min(th, h - y)
+                        acc[:, :ye, x:xe] += s[:, :ye, : xe - x] * weight[:ye, : xe - x]
+                        wsum[:ye, x:xe] += weight[:ye, : xe - x]
+                if cls is not None:
+                    c = cls.cpu().numpy()
+                    reals = np.array([r for _, _, r in chunk], np.float64)
+                    part = (c * reals[:, None]).sum(axis=0)
+                    cls_acc = part if cls_acc is None else cls_acc + part
+                    cls_wsum += float(reals.sum())
+            if self.has_seg:
+                nxt = ys[yi + 1] if yi + 1 < len(ys) else h
+                flush(y, min(nxt, h), y)
+                shift = nxt - y
+                if yi + 1 < len(ys):
+                    acc[:, : th - shift] = acc[:, shift:].copy()
+                    acc[:, th - shift :] = 0
+                    wsum[: th - shift] = wsum[shift:].copy()
+                    wsum[th - shift :] = 0
+        cls_prob = None if cls_acc is None else (cls_acc / max(cls_wsum, 1e-8)).astype(np.float32)
+        prob = prob_multi if prob_multi is not None else prob_out
+        return prob, mask_out, cls_prob
+
+    # ------------------------------------------------------------------ public API
+
+    def predict_image(
+        self, image: np.ndarray, *, mode: str | None = None, where: str | None = None, return_probability: bool = True
+    ) -> Prediction:
+        """Predict one 2-D image: (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)."""
+        arr = image
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise ImageFormatError(f"{where + ': ' if where else ''}expected a 2-D image, got shape {image.shape}")
+        h, w = arr.shape[:2]
+        chosen = mode or self.choose_mode(h, w)
+        if chosen not in MODES[1:]:
+            raise ValueError(f"mode must be one of {MODES[1:]}, got {chosen!r}")
+        if chosen == "tiled":
+            prob, mask, cls_prob = self._tiled(arr, where, return_probability)
+            pred = self._finish(None, cls_prob, chosen, return_probability)
+            pred.mask = mask
+            if prob is not None and prob.ndim == 2:
+                pred.probability = prob if return_probability else None
+            elif prob is not None:
+                pred.probability = prob.max(axis=0) if return_probability else None
+            return pred
+        rgb = to_float_rgb(np.asarray(arr), where=where)
+        if chosen == "resize":
+            prob, cls_prob = self._resize_batch([rgb])[0]
+        else:
+            prob, cls_prob = self._native(rgb)
+        return self._finish(prob, cls_prob, chosen, return_probability)
+
+    def predict(
+        self, image: np.ndarray, *, rgb: bool | None = None, mode: str | None = None, return_probability: bool = True
+    ) -> Prediction | list[Prediction]:
+        """Predict a 2-D image (returns a Prediction) or a stack (returns one Prediction per slice)."""
+        if not hasattr(image, "shape") or not hasattr(image, "ndim"):
+            image = np.asarray(image)
+        slices, is_stack = split_stack(image, rgb=rgb)
+        if not is_stack:
+            return self.predict_image(slices[0], mode=mode, return_probability=return_probability)
+        return self.predict_many(slices, mode=mode, return_probability=return_probability)
+
+    def predict_many(
+        self,
+        inputs: Sequence[np.ndarray | str | os.PathLike],
+        *,
+        mode: str | None = None,
+        return_probability: bool = True,
+    ) -> list[Prediction]:
+        """Predict many 2-D images (arrays or file paths); resize-mode images are batched together."""
+        results: list[Prediction | None] = [None] * len(inputs)
+        pending: list[tuple[int, np.ndarray]] = []
+
+        def run_pending() -> None:
+            if not pending:
+                return
+            outs = self._resize_batch([r for _, r in pending])
+            for (i, _), (prob, cls_prob) in zip(pending, outs):
+                results[i] = self._finish(prob, cls_prob, "resize", return_probability)
+            pending.clear()
+
+        for i, item in enumerate(inputs):
+            where = None
+            if isinstance(item, (str, os.PathLike)):
+                where = str(item)
+                item = read_image_file(item)
+            arr = np.asarray(item) if not hasattr(item, "ndim") else item
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            chosen = mode or self.choose_mode(*arr.shape[:2])
+            if chosen == "resize":
+                pending.append((i, to_float_rgb(np.asarray(arr), where=where)))
+                if len(pending) >= self.batch_size:
+                    run_pending()
+            else:
+                results[i] = self.predict_image(arr, mode=chosen, where=where, return_probability=return_probability)
+        run_pending()
+        return [r for r in results if r is not None]
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file for prediction through the data layer's validated reader."""
+    from .data.io import read_image
+
+    return read_image(Path(path))
