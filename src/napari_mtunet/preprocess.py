@@ -94,6 +94,8 @@ def split_stack(image: np.ndarray, rgb: bool | None = None) -> tuple[list[np.nda
     """
     arr = image
     ndim = arr.ndim
+    if ndim == 3 and arr.shape[-1] == 1 and rgb is None:  # (H, W, 1): one image, one channel
+        return [arr[..., 0]], False
     if ndim == 2:
         return [arr], False
     last_is_rgb = arr.shape[-1] in (3, 4) if rgb is None else bool(rgb)

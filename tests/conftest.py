@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests never download anything: models use encoder_weights=None."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_busi() -> Path | None:
+    """The real BUSI subset lives in ../shared/data/busi next to the checkout (never copied here)."""
+    candidates = [os.environ.get("MTUNET_BUSI")] if os.environ.get("MTUNET_BUSI") else []
+    candidates += [str(REPO.parent / "shared" / "data" / "busi"), "/work/shared/data/busi"]
+    for c in candidates:
+        p = Path(c)
+        if (p / "Dataset_BUSI_with_GT").is_dir():
+            return p
+    return None
+
+
+@pytest.fixture(scope="session")
+def busi_root() -> Path:
+    root = find_busi()
+    if root is None:
+        pytest.skip("real BUSI subset not found at ../shared/data/busi (set MTUNET_BUSI)")
+    return root / "Dataset_BUSI_with_GT"
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A small random-init multi-task MobileNetV2 UNet (3 classes, 64 px training size)."""
+    import torch
+
+    from napari_mtunet.config import ModelConfig, Preprocessing
+    from napari_mtunet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(encoder_weights=None, class_names=["benign", "malignant", "normal"]),
+        Preprocessing(image_size=64),
+    )
+    return model.eval()
