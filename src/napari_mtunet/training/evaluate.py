@@ -1,0 +1,109 @@
+"""Run a model over a dataset and build the :class:`~.metrics.EvaluationReport`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .metrics import N_BOOTSTRAP, EvaluationReport, classification_metrics, segmentation_metrics
+
+
+@dataclass
+class DatasetPredictions:
+    """Model outputs for every item of a dataset, in dataset order."""
+
+    index: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) int, -1 = none
+    has_label: np.ndarray  # (N,) bool
+    has_mask: np.ndarray  # (N,) bool
+    probabilities: np.ndarray | None  # (N, C)
+    pred_masks: np.ndarray | None  # (N, H, W) bool
+    true_masks: np.ndarray | None  # (N, H, W) bool
+
+
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+    batch_size: int = 16,
+) -> DatasetPredictions:
+    from ..device import resolve_device
+
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
+    model = model.to(dev).eval()
+    idx, labels, has_label, has_mask, probs, pmask, tmask = [], [], [], [], [], [], []
+    for batch in loader:
+        x = batch["image"].to(dev)
+        out = model(x)
+        n = len(x)
+        idx.append(np.asarray(batch.get("index", torch.arange(n))).reshape(-1))
+        labels.append(batch["label"].numpy().reshape(-1))
+        has_label.append(np.asarray(batch.get("has_label", torch.ones(n))).astype(bool).reshape(-1))
+        has_mask.append(np.asarray(batch.get("has_mask", torch.ones(n))).astype(bool).reshape(-1))
+        if out.cls is not None:
+            probs.append(torch.softmax(out.cls.float(), 1).cpu().numpy())
+        if out.seg is not None:
+            pmask.append((torch.sigmoid(out.seg[:, 0].float()) > threshold).cpu().numpy())
+            tmask.append(batch["mask"][:, 0].numpy() > 0.5)
+    cat = lambda xs: np.concatenate(xs) if xs else None  # noqa: E731
+    return DatasetPredictions(
+        index=cat(idx),
+        labels=cat(labels),
+        has_label=cat(has_label) & (cat(labels) >= 0),
+        has_mask=cat(has_mask),
+        probabilities=cat(probs),
+        pred_masks=cat(pmask),
+        true_masks=cat(tmask),
+    )
+
+
+def report_from_predictions(
+    preds: DatasetPredictions,
+    class_names: list[str],
+    *,
+    split: str = "test",
+    threshold: float = 0.5,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> EvaluationReport:
+    report = EvaluationReport(split=split, n_images=len(preds.labels), threshold=threshold)
+    if preds.probabilities is not None:
+        sel = preds.has_label
+        report.classification = classification_metrics(
+            preds.labels[sel], preds.probabilities[sel], class_names, split=split, n_boot=n_boot, seed=seed
+        )
+        if (~sel).any():
+            report.notes.append(f"{int((~sel).sum())} image(s) without a class label were not scored for classification")
+    if preds.pred_masks is not None:
+        sel = preds.has_mask
+        report.segmentation = segmentation_metrics(
+            preds.pred_masks[sel], preds.true_masks[sel], split=split, n_boot=n_boot, seed=seed
+        )
+        if (~sel).any():
+            report.notes.append(f"{int((~sel).sum())} image(s) without a mask were not scored for segmentation")
+    return report
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    split: str = "test",
+    device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+    n_boot: int = N_BOOTSTRAP,
+    batch_size: int = 16,
+) -> EvaluationReport:
+    """Predict ``data`` and compute the full report (metrics with 95% bootstrap CIs)."""
+    preds = predict_dataset(model, data, device=device, threshold=threshold, batch_size=batch_size)
+    return report_from_predictions(
+        preds, list(model.config.class_names), split=split, threshold=threshold, n_boot=n_boot
+    )

@@ -1,0 +1,322 @@
+"""Evaluation metrics with 95% bootstrap confidence intervals.
+
+Classification: accuracy, balanced accuracy, per-class precision/recall,
+macro F1, one-vs-rest ROC AUC and the confusion matrix (all scikit-learn).
+
+Segmentation (binary masks): Dice and IoU are computed **per image** and
+averaged, with this convention for empty masks:
+
+- prediction empty and ground truth empty -> Dice = IoU = 1 (a correct "no lesion");
+- exactly one of them empty -> Dice = IoU = 0.
+
+They are reported over all images with a mask and over *lesion-positive*
+images only (ground truth not empty), plus the *global* (pooled-pixel) Dice,
+``2 * sum|P∩T| / (sum|P| + sum|T|)`` over the whole split, which some papers
+report instead.
+
+Every number is a :class:`MetricValue`: value, 95% percentile-bootstrap CI
+(resampling images), the split name and n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+N_BOOTSTRAP = 1000
+CI_LEVEL = 0.95
+EMPTY_MASK_CONVENTION = (
+    "Dice/IoU per image, averaged; both masks empty = 1, exactly one empty = 0; "
+    "'lesion' = images whose ground-truth mask is not empty; 'global Dice' pools all pixels."
+)
+
+
+@dataclass
+class MetricValue:
+    """A metric with its 95% bootstrap CI, the split it was computed on and n."""
+
+    name: str
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    split: str = "test"
+
+    def format(self, digits: int = 3) -> str:
+        if not math.isfinite(self.value):
+            return f"{self.name}: n/a (split {self.split}, n={self.n})"
+        ci = (
+            f" [95% CI {self.ci_low:.{digits}f}-{self.ci_high:.{digits}f}]"
+            if math.isfinite(self.ci_low) and math.isfinite(self.ci_high)
+            else ""
+        )
+        return f"{self.name}: {self.value:.{digits}f}{ci} (split {self.split}, n={self.n})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+def bootstrap_ci(
+    n: int,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``statistic(indices)`` over ``n`` resampled items.
+
+    Resamples for which the statistic is undefined (NaN, e.g. an AUC with a
+    single class present) are skipped.
+    """
+    if n < 2 or n_boot < 1:
+        return _nan(), _nan()
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        try:
+            v = float(statistic(idx))
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            vals.append(v)
+    if len(vals) < max(10, n_boot // 10):
+        return _nan(), _nan()
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1.0 - alpha))
+
+
+def _metric(name, stat, n, split, n_boot, seed) -> MetricValue:
+    if n == 0:
+        return MetricValue(name, _nan(), _nan(), _nan(), 0, split)
+    try:
+        value = float(stat(np.arange(n)))
+    except ValueError:
+        value = _nan()
+    lo, hi = bootstrap_ci(n, stat, n_boot=n_boot, seed=seed) if math.isfinite(value) else (_nan(), _nan())
+    return MetricValue(name, value, lo, hi, n, split)
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def dice_iou_per_image(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of binary masks ``(N, H, W)`` with the empty-mask convention."""
+    pred = np.asarray(pred).astype(bool)
+    true = np.asarray(true).astype(bool)
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
+    if pred.ndim == 2:
+        pred, true = pred[None], true[None]
+    inter, p_sum, t_sum = _seg_sums(pred, true)
+    return _dice_iou_from_sums(inter, p_sum, t_sum)
+
+
+def _seg_sums(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = pred.shape[0]
+    p = pred.reshape(n, -1)
+    t = true.reshape(n, -1)
+    return (p & t).sum(1).astype(np.float64), p.sum(1).astype(np.float64), t.sum(1).astype(np.float64)
+
+
+def _dice_iou_from_sums(inter, p_sum, t_sum) -> tuple[np.ndarray, np.ndarray]:
+    denom = p_sum + t_sum
+    union = denom - inter
+    both_empty = denom == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(both_empty, 1.0, 2.0 * inter / np.where(both_empty, 1.0, denom))
+        iou = np.where(both_empty, 1.0, inter / np.where(union == 0, 1.0, union))
+    return dice, iou
+
+
+def segmentation_metrics(
+    pred: np.ndarray,
+    true: np.ndarray,
+    *,
+    split: str = "test",
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, MetricValue]:
+    """Dice/IoU (all images and lesion-positive only) and pooled global Dice, with CIs."""
+    pred = np.asarray(pred).astype(bool)
+    true = np.asarray(true).astype(bool)
+    if pred.ndim == 2:
+        pred, true = pred[None], true[None]
+    if pred.shape != true.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
+    inter, p_sum, t_sum = _seg_sums(pred, true) if len(pred) else (np.zeros(0),) * 3
+    dice, iou = _dice_iou_from_sums(inter, p_sum, t_sum)
+    pos = np.flatnonzero(t_sum > 0)
+
+    def mean_of(arr, subset=None):
+        base = arr if subset is None else arr[subset]
+        return lambda idx: float(np.mean(base[idx])) if len(base) else _nan()
+
+    def global_dice(idx):
+        d = p_sum[idx].sum() + t_sum[idx].sum()
+        return 1.0 if d == 0 else float(2.0 * inter[idx].sum() / d)
+
+    n, n_pos = len(dice), len(pos)
+    return {
+        "dice": _metric("Dice", mean_of(dice), n, split, n_boot, seed),
+        "iou": _metric("IoU", mean_of(iou), n, split, n_boot, seed + 1),
+        "dice_lesion": _metric("Dice (lesion images)", mean_of(dice, pos), n_pos, split, n_boot, seed + 2),
+        "iou_lesion": _metric("IoU (lesion images)", mean_of(iou, pos), n_pos, split, n_boot, seed + 3),
+        "dice_global": _metric("Dice (global, pooled pixels)", global_dice, n, split, n_boot, seed + 4),
+    }
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def classification_metrics(
+    y_true: Sequence[int],
+    y_prob: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    split: str = "test",
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1, OvR AUC (with CIs), per-class P/R, confusion matrix."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    k = len(class_names)
+    if y_prob.ndim != 2 or y_prob.shape != (len(y_true), k):
+        raise ValueError(f"probabilities must have shape ({len(y_true)}, {k}), got {y_prob.shape}")
+    y_pred = y_prob.argmax(1) if len(y_true) else np.zeros(0, dtype=np.int64)
+    labels = list(range(k))
+    n = len(y_true)
+
+    def acc(idx):
+        return accuracy_score(y_true[idx], y_pred[idx])
+
+    def bacc(idx):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return balanced_accuracy_score(y_true[idx], y_pred[idx])
+
+    def f1(idx):
+        return f1_score(y_true[idx], y_pred[idx], labels=labels, average="macro", zero_division=0)
+
+    def auc(idx):
+        t = y_true[idx]
+        present = np.unique(t)
+        if len(present) < 2:
+            return _nan()
+        if k == 2:
+            return roc_auc_score(t, y_prob[idx, 1])
+        if len(present) < k:
+            # OvR AUC over the classes present (macro); sklearn refuses missing ones.
+            scores = [roc_auc_score(t == c, y_prob[idx, c]) for c in present]
+            return float(np.mean(scores))
+        p = y_prob[idx] / np.clip(y_prob[idx].sum(1, keepdims=True), 1e-12, None)
+        return roc_auc_score(t, p, multi_class="ovr", average="macro", labels=labels)
+
+    out: dict[str, Any] = {
+        "accuracy": _metric("accuracy", acc, n, split, n_boot, seed + 10),
+        "balanced_accuracy": _metric("balanced accuracy", bacc, n, split, n_boot, seed + 11),
+        "macro_f1": _metric("macro F1", f1, n, split, n_boot, seed + 12),
+        "auc_ovr": _metric("ROC AUC (one-vs-rest, macro)", auc, n, split, n_boot, seed + 13),
+    }
+    if n:
+        prec, rec, _, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+        cm = confusion_matrix(y_true, y_pred, labels=labels)
+    else:
+        prec = rec = np.zeros(k)
+        support = np.zeros(k, dtype=int)
+        cm = np.zeros((k, k), dtype=int)
+    out["per_class"] = {
+        name: {"precision": float(prec[i]), "recall": float(rec[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)
+    }
+    out["confusion_matrix"] = cm.astype(int).tolist()
+    out["class_names"] = list(class_names)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class EvaluationReport:
+    """Everything measured on one split; ``to_dict`` is JSON-safe, ``format`` is human-readable."""
+
+    split: str
+    n_images: int
+    classification: dict[str, Any] | None = None
+    segmentation: dict[str, MetricValue] | None = None
+    threshold: float = 0.5
+    notes: list[str] = field(default_factory=list)
+
+    def scalars(self) -> dict[str, float]:
+        """Flat ``{name: value}`` of the headline metrics (for CSV tables and checkpoints)."""
+        out: dict[str, float] = {}
+        for group in (self.classification or {}, self.segmentation or {}):
+            for key, v in group.items():
+                if isinstance(v, MetricValue):
+                    out[key] = v.value
+                    out[key + "_ci_low"] = v.ci_low
+                    out[key + "_ci_high"] = v.ci_high
+                    out[key + "_n"] = v.n
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(d):
+            if d is None:
+                return None
+            return {k: (v.to_dict() if isinstance(v, MetricValue) else v) for k, v in d.items()}
+
+        return {
+            "split": self.split,
+            "n_images": self.n_images,
+            "threshold": self.threshold,
+            "classification": conv(self.classification),
+            "segmentation": conv(self.segmentation),
+            "segmentation_convention": EMPTY_MASK_CONVENTION,
+            "notes": list(self.notes),
+        }
+
+    def format(self) -> str:
+        lines = [f"Evaluation on split '{self.split}' ({self.n_images} images)"]
+        if self.classification:
+            c = self.classification
+            lines.append("Classification:")
+            for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"):
+                lines.append("  " + c[key].format())
+            lines.append("  per class (precision / recall / support):")
+            for name, pc in c["per_class"].items():
+                lines.append(f"    {name}: {pc['precision']:.3f} / {pc['recall']:.3f} / {pc['support']}")
+            names = c["class_names"]
+            lines.append("  confusion matrix (rows = true, columns = predicted): " + ", ".join(names))
+            width = max(6, *(len(s) for s in names))
+            for name, row in zip(names, c["confusion_matrix"]):
+                lines.append("    " + name.ljust(width) + " " + " ".join(f"{v:>5d}" for v in row))
+        if self.segmentation:
+            lines.append(f"Segmentation (threshold {self.threshold}):")
+            for v in self.segmentation.values():
+                lines.append("  " + v.format())
+            lines.append("  convention: " + EMPTY_MASK_CONVENTION)
+        lines.extend(self.notes)
+        return "\n".join(lines)

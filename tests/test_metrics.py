@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import pytest
+
+from napari_mtunet.training.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    dice_iou_per_image,
+    segmentation_metrics,
+)
+
+
+def _m(rows):
+    return np.array(rows, dtype=bool)
+
+
+def test_dice_iou_hand_computed():
+    true = _m([[1, 1, 0, 0], [0, 0, 0, 0]])
+    pred = _m([[1, 0, 0, 0], [0, 0, 0, 0]])
+    # |P∩T| = 1, |P| = 1, |T| = 2 -> Dice = 2/3, IoU = 1/2
+    d, i = dice_iou_per_image(pred, true)
+    assert d[0] == pytest.approx(2 / 3)
+    assert i[0] == pytest.approx(0.5)
+
+
+def test_empty_mask_convention():
+    z = np.zeros((4, 4), bool)
+    one = z.copy()
+    one[1, 1] = True
+    pred = np.stack([z, z, one, one])
+    true = np.stack([z, one, z, one])
+    d, i = dice_iou_per_image(pred, true)
+    # both empty = 1; pred empty vs true non-empty = 0; false positive on empty = 0; perfect = 1
+    assert d.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert i.tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_segmentation_metrics_lesion_and_global():
+    z = np.zeros((2, 2), bool)
+    a = _m([[1, 1], [0, 0]])
+    b = _m([[1, 0], [0, 0]])
+    full = np.ones((2, 2), bool)
+    pred = np.stack([z, b, full])
+    true = np.stack([z, a, a])
+    m = segmentation_metrics(pred, true, n_boot=200)
+    # per image: 1 (both empty), 2/3, 2*2/(4+2)=2/3
+    assert m["dice"].value == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert m["dice"].n == 3
+    assert m["dice_lesion"].value == pytest.approx(2 / 3)
+    assert m["dice_lesion"].n == 2
+    # IoU: 1, 1/2, 2/4
+    assert m["iou"].value == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert m["iou_lesion"].value == pytest.approx(0.5)
+    # pooled: inter = 0+1+2 = 3, |P|+|T| = 0+1+4 + 0+2+2 = 9 -> 6/9
+    assert m["dice_global"].value == pytest.approx(6 / 9)
+    for v in m.values():
+        assert v.split == "test"
+        assert v.ci_low <= v.value + 1e-9 and v.value <= v.ci_high + 1e-9
+
+
+def test_classification_metrics_hand_computed():
+    y = [0, 0, 1, 1, 2, 2]
+    probs = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.1, 0.8, 0.1],  # wrong (pred 1)
+            [0.1, 0.8, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.1, 0.2, 0.7],
+        ]
+    )
+    m = classification_metrics(y, probs, ["a", "b", "c"], split="val", n_boot=200)
+    assert m["accuracy"].value == pytest.approx(5 / 6)
+    assert m["balanced_accuracy"].value == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [0, 0, 2]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(0.5)
+    # macro F1: a: P=1,R=.5 -> 2/3; b: P=2/3,R=1 -> 0.8; c: 1
+    assert m["macro_f1"].value == pytest.approx((2 / 3 + 0.8 + 1) / 3)
+    assert 0.5 < m["auc_ovr"].value <= 1.0
+    assert m["accuracy"].split == "val" and m["accuracy"].n == 6
+
+
+def test_bootstrap_ci_constant_and_small():
+    lo, hi = bootstrap_ci(10, lambda idx: 0.7, n_boot=100)
+    assert lo == pytest.approx(0.7) and hi == pytest.approx(0.7)
+    lo, hi = bootstrap_ci(1, lambda idx: 0.7)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
+def test_empty_split_is_nan_not_crash():
+    m = segmentation_metrics(np.zeros((0, 4, 4), bool), np.zeros((0, 4, 4), bool))
+    assert m["dice"].n == 0 and math.isnan(m["dice"].value)
+    assert "n/a" in m["dice"].format()
