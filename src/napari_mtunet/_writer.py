@@ -1,0 +1,80 @@
+"""napari writer: a Labels layer (+ its image) with class metadata -> the generic dataset layout.
+
+Every slice becomes one new, uniquely named sample (``images/``, ``masks/``
+and a row appended atomically to ``labels.csv``) through the data
+package's :func:`~napari_mtunet.data.write_generic_sample`; nothing existing
+is overwritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .preprocess import split_stack
+
+
+def classes_from_metadata(meta: dict[str, Any], n: int) -> list[str | None]:
+    """Per-slice class names stored under ``metadata["mtunet"]`` (None where unknown)."""
+    mt = (meta or {}).get("mtunet") or {}
+    classes = mt.get("classes")
+    if isinstance(classes, (list, tuple)) and len(classes) == n:
+        return [None if c in (None, "") else str(c) for c in classes]
+    if n == 1 and mt.get("class_name"):
+        return [str(mt["class_name"])]
+    return [None] * n
+
+
+def write_layers_to_dataset(
+    root: str | Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str | None],
+    *,
+    rgb: bool | None = None,
+    group: str | None = None,
+) -> list[str]:
+    """Write ``image`` / ``labels`` (2-D or stacks of equal length) as new generic-layout samples."""
+    from .data import write_generic_sample
+
+    images, img_stack = split_stack(np.asarray(image), rgb=rgb)
+    masks = [labels] if labels.ndim == 2 else [labels[i] for i in range(labels.shape[0])]
+    if len(images) != len(masks):
+        raise ValueError(
+            f"the image has {len(images)} slice(s) but the labels layer has {len(masks)}; select matching layers"
+        )
+    for i, (im, m) in enumerate(zip(images, masks)):
+        if im.shape[:2] != m.shape[:2]:
+            raise ValueError(f"slice {i}: image {im.shape[:2]} and labels {m.shape[:2]} differ in size")
+    written = []
+    for im, m, c in zip(images, masks, classes):
+        res = write_generic_sample(root, im, (np.asarray(m) > 0).astype(np.uint8), c, group=group)
+        written.append(str(getattr(res, "image", res)))
+    return written
+
+
+def write_dataset(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """npe2 writer: ``[labels]`` or ``[image, labels]`` -> samples appended to the dataset at ``path``."""
+    labels = [(d, m) for d, m, k in layer_data if k == "labels"]
+    images = [(d, m) for d, m, k in layer_data if k == "image"]
+    if len(labels) != 1:
+        raise ValueError("select exactly one Labels layer (and optionally its image layer) to write a dataset")
+    lab, lab_meta = labels[0]
+    if images:
+        img, img_meta = images[0]
+        rgb = img_meta.get("rgb")
+    else:
+        from .widgets import find_source_image
+
+        src = find_source_image(lab_meta)
+        if src is None:
+            raise ValueError(
+                "a dataset needs the image too: select the image layer together with the Labels layer"
+            )
+        img, rgb = src
+    lab = np.asarray(lab)
+    n = 1 if lab.ndim == 2 else lab.shape[0]
+    classes = classes_from_metadata(lab_meta.get("metadata", {}), n)
+    return write_layers_to_dataset(path, img, lab, classes, rgb=rgb)

@@ -1,0 +1,49 @@
+"""napari dock widgets (the only part of napari-mtunet that imports Qt / napari).
+
+- :class:`DatasetWidget`: inspect a dataset folder, preview samples, choose the split;
+- :class:`TrainWidget`: train with live progress, plots and a Stop button;
+- :class:`PredictWidget`: predict a layer / all layers / a folder into new Labels layers;
+- :class:`AnnotateWidget`: correct, label, add to a training set, fine-tune.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .annotate import AnnotateWidget
+from .dataset import DatasetWidget
+from .predict import PredictWidget
+from .train import TrainWidget
+
+PLUGIN = "napari-mtunet"
+
+__all__ = ["AnnotateWidget", "DatasetWidget", "PredictWidget", "TrainWidget", "find_source_image", "open_predict_widget"]
+
+
+def open_predict_widget(checkpoint: str, viewer: Any = None) -> PredictWidget:
+    """Dock (or reuse) the Predict widget in ``viewer`` (default: the current one) with ``checkpoint``."""
+    import napari
+
+    from ._common import state_for
+
+    viewer = viewer or napari.current_viewer()
+    if viewer is None:
+        raise RuntimeError("no napari viewer is open to show the Predict widget in")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    widget.set_checkpoint(checkpoint)
+    state_for(viewer).set_checkpoint(checkpoint)
+    return widget
+
+
+def find_source_image(labels_kwargs: dict[str, Any]) -> tuple[Any, bool] | None:
+    """The image a predicted/annotation Labels layer was made from, looked up by name in the current viewer."""
+    import napari
+
+    meta = (labels_kwargs.get("metadata") or {}).get("mtunet") or {}
+    name = meta.get("source_layer")
+    viewer = napari.current_viewer()
+    if not name or viewer is None or name not in viewer.layers:
+        return None
+    layer = viewer.layers[name]
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return data, bool(getattr(layer, "rgb", False))

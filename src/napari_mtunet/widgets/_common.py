@@ -1,0 +1,279 @@
+"""Small Qt helpers shared by the widgets: notifications, path pickers, layer pickers, workers.
+
+This package is the only place in napari-mtunet that imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+# --------------------------------------------------------------------------- notifications
+
+
+def notify_error(message: str) -> None:
+    """Show an error notification (a single place so tests can record them)."""
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
+
+
+def notify_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+def error_message(exc: BaseException, context: str = "") -> str:
+    """The core's clear message, with advice for the failures users hit most."""
+    msg = str(exc).strip() or type(exc).__name__
+    low = msg.lower()
+    if isinstance(exc, MemoryError) or "out of memory" in low:
+        msg = (
+            f"Out of memory ({msg}). Reduce the batch size or the image size, "
+            "or predict big images in tiles with a smaller tile size."
+        )
+    elif isinstance(exc, (OSError, ConnectionError)) and ("download" in low or "url" in low or "connect" in low):
+        msg = (
+            f"{msg}. Pretrained encoder weights could not be downloaded (offline?). Choose encoder "
+            "weights 'none' or a local weights file."
+        )
+    elif not isinstance(exc, (ValueError, RuntimeError, OSError, KeyError)):
+        msg = f"{type(exc).__name__}: {msg}"
+    return f"{context}: {msg}" if context else msg
+
+
+# --------------------------------------------------------------------------- session state
+
+
+class SessionState(QObject):
+    """What the widgets of one viewer share: the dataset config and the newest checkpoint."""
+
+    checkpoint_changed = Signal(str)
+    data_config_changed = Signal(object)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checkpoint: str | None = None
+        self.data_config: Any = None
+        self.class_names: list[str] = []
+
+    def set_checkpoint(self, path: str | os.PathLike) -> None:
+        self.checkpoint = str(path)
+        self.checkpoint_changed.emit(self.checkpoint)
+
+    def set_data_config(self, cfg: Any) -> None:
+        self.data_config = cfg
+        self.data_config_changed.emit(cfg)
+
+
+_STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def state_for(viewer: Any) -> SessionState:
+    """The shared state of ``viewer``'s widgets (created on first use)."""
+    key = getattr(viewer, "__wrapped__", viewer)  # PublicOnlyProxy
+    try:
+        st = _STATES.get(key)
+    except TypeError:  # not weak-referenceable
+        st = None
+    if st is None:
+        st = SessionState()
+        try:
+            _STATES[key] = st
+        except TypeError:
+            pass
+    return st
+
+
+# --------------------------------------------------------------------------- pickers
+
+
+class PathEdit(QWidget):
+    """A line edit with a "..." button: mode "dir", "file" or "save"."""
+
+    changed = Signal(str)
+
+    def __init__(self, mode: str = "dir", file_filter: str = "", placeholder: str = "", parent=None):
+        super().__init__(parent)
+        self.mode = mode
+        self.file_filter = file_filter
+        self.line = QLineEdit()
+        self.line.setPlaceholderText(placeholder)
+        self.button = QPushButton("…")
+        self.button.setMaximumWidth(32)
+        self.button.setToolTip("Browse")
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.line)
+        lay.addWidget(self.button)
+        self.button.clicked.connect(self._browse)
+        self.line.editingFinished.connect(lambda: self.changed.emit(self.value))
+
+    @property
+    def value(self) -> str:
+        return self.line.text().strip()
+
+    @value.setter
+    def value(self, v: str | os.PathLike | None) -> None:
+        self.line.setText("" if v is None else str(v))
+        self.changed.emit(self.value)
+
+    def _browse(self) -> None:  # pragma: no cover - needs a human
+        start = self.value or str(Path.home())
+        if self.mode == "dir":
+            p = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
+        elif self.mode == "save":
+            p, _ = QFileDialog.getSaveFileName(self, "Save as", start, self.file_filter)
+        else:
+            p, _ = QFileDialog.getOpenFileName(self, "Choose a file", start, self.file_filter)
+        if p:
+            self.value = p
+
+
+class LayerCombo(QComboBox):
+    """Choose a layer of the given napari type(s); follows the viewer's layer list."""
+
+    NONE = "(none)"
+
+    def __init__(self, viewer: Any, kinds: tuple[str, ...] = ("image",), allow_none: bool = False, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.kinds = kinds
+        self.allow_none = allow_none
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved, events.reordered):
+            ev.connect(self.refresh)
+        events.inserted.connect(self._watch_names)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_names(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.refresh)
+
+    def layers(self) -> list[Any]:
+        return [lyr for lyr in self.viewer.layers if layer_kind(lyr) in self.kinds]
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        names = [lyr.name for lyr in self.layers()]
+        if self.allow_none:
+            names = [self.NONE, *names]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif names:
+            # prefer the most recently added layer
+            self.setCurrentIndex(len(names) - 1)
+        self.blockSignals(False)
+        if current != self.currentText():
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Any | None:
+        name = self.currentText()
+        if not name or name == self.NONE:
+            return None
+        for lyr in self.viewer.layers:
+            if lyr.name == name and layer_kind(lyr) in self.kinds:
+                return lyr
+        return None
+
+    def set_layer(self, layer: Any) -> None:
+        self.refresh()
+        self.setCurrentText(layer.name)
+
+
+def layer_kind(layer: Any) -> str:
+    return type(layer).__name__.lower()
+
+
+def combo(items: Iterable[str], current: str | None = None, editable: bool = False) -> QComboBox:
+    c = QComboBox()
+    c.addItems(list(items))
+    c.setEditable(editable)
+    if current is not None:
+        c.setCurrentText(current)
+    return c
+
+
+def device_choices() -> list[str]:
+    from ..device import available_devices
+
+    return ["auto", *available_devices()]
+
+
+def start_worker(
+    func: Callable,
+    *args: Any,
+    returned: Callable | None = None,
+    yielded: Callable | None = None,
+    errored: Callable | None = None,
+    finished: Callable | None = None,
+    **kwargs: Any,
+):
+    """Run ``func`` (plain or generator) in a napari thread worker and connect callbacks."""
+    from napari.qt.threading import create_worker
+
+    connect: dict[str, Callable] = {}
+    if returned is not None:
+        connect["returned"] = returned
+    if yielded is not None:
+        connect["yielded"] = yielded
+    if finished is not None:
+        connect["finished"] = finished
+    # errors are always handled here (a notification), never re-raised into the event loop
+    connect["errored"] = errored if errored is not None else (lambda e: notify_error(error_message(e)))
+    return create_worker(func, *args, _connect=connect, _start_thread=True, **kwargs)
+
+
+def cpu_threads_for_background() -> int:
+    """Leave one core to the user interface when computing on the CPU."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class TorchThreads:
+    """Context manager: limit torch's CPU threads while a background job runs."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.saved: int | None = None
+
+    def __enter__(self) -> TorchThreads:
+        import torch
+
+        if not str(self.device).startswith(("cuda", "mps")):
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(min(self.saved, cpu_threads_for_background()))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)

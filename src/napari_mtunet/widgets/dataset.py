@@ -1,0 +1,227 @@
+"""Dataset widget: pick a folder, see the layout, summary and problems, preview samples, set the split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..config import DataConfig
+from ._common import PathEdit, combo, error_message, notify_error, notify_info, start_worker, state_for
+
+
+def load_job(root: str, layout: str, strict: bool) -> Any:
+    from .._reader import load_dataset_report
+
+    return load_dataset_report(root, layout=layout, strict=strict)
+
+
+def preview_job(samples: list[Any], n: int, name: str, root: str, layout: str | None) -> list[tuple]:
+    from .._reader import dataset_layer_data
+
+    # an even spread over the dataset (and so over its classes), not just the first n files
+    if len(samples) > n:
+        step = len(samples) / n
+        samples = [samples[int(i * step)] for i in range(n)]
+    return dataset_layer_data(samples, name=name, root=root, layout=layout)
+
+
+def report_summary(report: Any) -> str:
+    s = getattr(report, "summary", None)
+    if hasattr(s, "format"):
+        return s.format()
+    if s:
+        return str(s)
+    samples = list(getattr(report, "samples", []))
+    counts: dict[str, int] = {}
+    for smp in samples:
+        counts[str(smp.label)] = counts.get(str(smp.label), 0) + 1
+    return f"{len(samples)} samples: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+class DatasetWidget(QWidget):
+    """Dock widget: inspect a dataset folder before training."""
+
+    def __init__(self, napari_viewer: Any, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self.worker = None
+        self.report: Any = None
+        self.last_error: str | None = None
+
+        self.root = PathEdit("dir", placeholder="dataset folder")
+        try:
+            from ..data.layouts import LAYOUTS
+
+            layouts = list(LAYOUTS)
+        except Exception:  # noqa: BLE001
+            layouts = []
+        self.layout_choice = combo(["auto", *layouts], "auto")
+        self.strict = QCheckBox("strict (refuse datasets with problems)")
+        self.load_button = QPushButton("Load and check")
+        self.summary = QPlainTextEdit()
+        self.summary.setReadOnly(True)
+        self.summary.setMaximumHeight(140)
+        self.problems = QListWidget()
+        self.problems.setMaximumHeight(120)
+        self.n_preview = QSpinBox()
+        self.n_preview.setRange(1, 2000)
+        self.n_preview.setValue(24)
+        self.preview_button = QPushButton("Show samples as layers")
+        self.preview_button.setEnabled(False)
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.9)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.15)
+        self.test_fraction = QDoubleSpinBox()
+        self.test_fraction.setRange(0.0, 0.9)
+        self.test_fraction.setSingleStep(0.05)
+        self.test_fraction.setValue(0.15)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.use_button = QPushButton("Use for training")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Folder", self.root)
+        form.addRow("Layout", self.layout_choice)
+        form.addRow("", self.strict)
+        prev = QHBoxLayout()
+        prev.addWidget(QLabel("samples"))
+        prev.addWidget(self.n_preview)
+        prev.addWidget(self.preview_button)
+        split_box = QGroupBox("Split")
+        sf = QFormLayout(split_box)
+        sf.addRow("Validation fraction", self.val_fraction)
+        sf.addRow("Test fraction", self.test_fraction)
+        sf.addRow("Seed", self.seed)
+        sf.addRow(self.use_button)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.load_button)
+        lay.addWidget(self.status)
+        lay.addWidget(QLabel("Summary"))
+        lay.addWidget(self.summary)
+        lay.addWidget(QLabel("Problems"))
+        lay.addWidget(self.problems)
+        lay.addLayout(prev)
+        lay.addWidget(split_box)
+        lay.addStretch(1)
+
+        self.load_button.clicked.connect(self.load)
+        self.preview_button.clicked.connect(self.preview)
+        self.use_button.clicked.connect(self.use_for_training)
+
+    def _busy(self, busy: bool, text: str = "") -> None:
+        self.load_button.setEnabled(not busy)
+        self.preview_button.setEnabled(not busy and self.report is not None)
+        self.status.setText(text)
+
+    def _fail(self, exc: BaseException, context: str) -> None:
+        self.last_error = error_message(exc, context)
+        notify_error(self.last_error)
+        self.status.setText(self.last_error)
+
+    def _done(self) -> None:
+        self.worker = None
+        self._busy(False, self.status.text())
+
+    def load(self, *_: Any) -> Any:
+        if self.worker is not None:
+            return None
+        root = self.root.value
+        if not root:
+            self._fail(ValueError("choose a dataset folder"), "Cannot load")
+            return None
+        self.last_error = None
+        self.report = None
+        self.summary.setPlainText("")
+        self.problems.clear()
+        self._busy(True, f"Reading {root} …")
+        self.worker = start_worker(
+            load_job,
+            root,
+            self.layout_choice.currentText(),
+            self.strict.isChecked(),
+            returned=self._show_report,
+            errored=lambda e: self._fail(e, f"Cannot load the dataset {Path(root).name}"),
+            finished=self._done,
+        )
+        return self.worker
+
+    def _show_report(self, report: Any) -> None:
+        self.report = report
+        self.summary.setPlainText(report_summary(report))
+        problems = list(getattr(report, "problems", []))
+        for p in problems:
+            self.problems.addItem(str(p))
+        n = len(getattr(report, "samples", []))
+        layout = getattr(report, "layout", None)
+        self.status.setText(f"{n} samples" + (f", layout {layout}" if layout else "") + f", {len(problems)} problem(s)")
+        self.preview_button.setEnabled(True)
+
+    def preview(self, *_: Any) -> Any:
+        if self.worker is not None or self.report is None:
+            return None
+        samples = list(self.report.samples)
+        name = Path(self.root.value).name or "dataset"
+        self._busy(True, f"Loading {min(len(samples), self.n_preview.value())} samples …")
+        self.worker = start_worker(
+            preview_job,
+            samples,
+            int(self.n_preview.value()),
+            name,
+            self.root.value,
+            getattr(self.report, "layout", None),
+            returned=self._add_layers,
+            errored=lambda e: self._fail(e, "Preview failed"),
+            finished=self._done,
+        )
+        return self.worker
+
+    def _add_layers(self, layer_data: list[tuple]) -> None:
+        for data, kwargs, kind in layer_data:
+            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        meta = layer_data[0][1]["metadata"]["mtunet"]
+        self.status.setText(
+            f"Showing {meta['n_shown']} of {meta['n_total']} samples (resized to {meta['preview_size']} px); "
+            "the class of each slice is shown in the Predict widget"
+        )
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(
+            root=self.root.value,
+            layout=self.layout_choice.currentText(),
+            strict=self.strict.isChecked(),
+            val_fraction=float(self.val_fraction.value()),
+            test_fraction=float(self.test_fraction.value()),
+            seed=int(self.seed.value()),
+        )
+
+    def use_for_training(self, *_: Any) -> None:
+        try:
+            cfg = self.data_config()
+            if not cfg.root:
+                raise ValueError("choose a dataset folder")
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc, "Invalid split settings")
+            return
+        self.state.set_data_config(cfg)
+        notify_info(f"Train widget will use {cfg.root} (val {cfg.val_fraction:.0%}, test {cfg.test_fraction:.0%})")
