@@ -108,12 +108,17 @@ def interleaved(
     warmup: int = 1,
     sync: Callable[[], None] | None = None,
     log: bool = True,
+    budget_s: float | None = None,
+    max_repeats: int | None = None,
 ) -> dict[str, list[float]]:
     """Time each variant ``repeats`` times, interleaved, rotating the order every round.
 
     ``warmup`` untimed rounds run first (first calls allocate optimizer state,
     build oneDNN primitives, autotune cuDNN ...).  ``sync`` (e.g.
     ``torch.cuda.synchronize``) is called before reading the clock.
+    At least ``repeats`` rounds run; with ``budget_s`` more rounds follow
+    (up to ``max_repeats``) while the timed rounds have taken less than
+    ``budget_s`` seconds (cheap variants get more rounds on noisy machines).
     """
     names = list(variants)
     for _ in range(warmup):
@@ -122,7 +127,11 @@ def interleaved(
     if sync:
         sync()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
+    t_start = time.perf_counter()
+    limit = repeats if budget_s is None else max(repeats, max_repeats or 50)
+    for r in range(limit):
+        if r >= repeats and time.perf_counter() - t_start > budget_s:  # type: ignore[operator]
+            break
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
             t0 = time.perf_counter()
@@ -132,7 +141,7 @@ def interleaved(
             times[n].append(time.perf_counter() - t0)
         if log:
             print(
-                f"  round {r + 1}/{repeats}: " + ", ".join(f"{n}={times[n][-1]:.3f}s" for n in names),
+                f"  round {r + 1}: " + ", ".join(f"{n}={times[n][-1]:.3f}s" for n in names),
                 flush=True,
             )
     return times

@@ -69,7 +69,8 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(fc.get_total_flops())
 
 
-def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int, modes: list[str]) -> dict:
+def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int, modes: list[str],
+                  budget_s: float | None = None) -> dict:
     torch.manual_seed(0)
     models = {
         task: build_model(ModelConfig(encoder_name=encoder, encoder_weights=None, task=task, num_classes=3))
@@ -111,7 +112,7 @@ def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int
 
             steps[task] = step
         print(f"[{encoder}] train step, {size}^2 batch {batch}, loss {loss_name}", flush=True)
-        t = C.interleaved(steps, repeats, warmup=warmup)
+        t = C.interleaved(steps, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15)
         t["seg+cls"] = [a + b for a, b in zip(t["seg"], t["cls"])]
         res["train"] = {
             "loss": loss_name,
@@ -133,7 +134,7 @@ def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int
 
             fwd[task] = f
         print(f"[{encoder}] inference forward, {size}^2 batch {batch}", flush=True)
-        t = C.interleaved(fwd, repeats, warmup=warmup)
+        t = C.interleaved(fwd, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15)
         t["seg+cls"] = [a + b for a, b in zip(t["seg"], t["cls"])]
         res["infer"] = {
             "times_s": t,
@@ -150,19 +151,21 @@ def main() -> None:
     p.add_argument("--encoders", default="mobilenet_v2,vgg16")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds per mode")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed interleaved rounds per mode")
+    p.add_argument("--budget-s", type=float, default=60.0,
+                   help="keep adding rounds (up to 15) while the timed rounds took less than this (0: exactly --repeats)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--modes", default="train,infer")
     args = p.parse_args()
     if args.quick:
-        args.size, args.batch, args.repeats, args.warmup = 64, 2, 2, 1
+        args.size, args.batch, args.repeats, args.warmup, args.budget_s = 64, 2, 2, 1, 0
         if args.encoders == p.get_default("encoders"):
             args.encoders = "mobilenet_v2"
     C.apply_threads(args.threads)
     started = time.time()
     modes = [m for m in args.modes.split(",") if m]
     results = [
-        bench_encoder(e, args.size, args.batch, args.repeats, args.warmup, modes) for e in args.encoders.split(",") if e
+        bench_encoder(e, args.size, args.batch, args.repeats, args.warmup, modes, args.budget_s or None) for e in args.encoders.split(",") if e
     ]
 
     rows, targets = [], []
@@ -177,7 +180,7 @@ def main() -> None:
             )
             targets.append(C.target_check(f"{r['encoder']} {mode}: both/seg", r1, 1.05))
             targets.append(C.target_check(f"{r['encoder']} {mode}: both/(seg+cls)", r2, 0.60))
-    print(f"\n{args.size}^2, batch {args.batch}, {args.repeats} interleaved rounds, medians (s); ratios = median of paired ratios")
+    print(f"\n{args.size}^2, batch {args.batch}, >= {args.repeats} interleaved rounds, medians (s); ratios = median of paired ratios")
     C.print_table(
         ["encoder", "mode", "both_s", "seg_s", "cls_s", "seg+cls_s", "both/seg", "both/(seg+cls)", "FLOPs both/(seg+cls)"],
         rows,
@@ -188,6 +191,7 @@ def main() -> None:
         args,
         {
             "config": {"size": args.size, "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
+                       "budget_s": args.budget_s,
                        "modes": modes, "optimizer": "Adam(lr=1e-3)", "num_classes": 3},
             "results": results,
             "targets": targets,
