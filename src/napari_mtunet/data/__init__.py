@@ -1,0 +1,67 @@
+"""The data layer: dataset layouts -> validated :class:`Sample` records -> torch batches.
+
+Qt-free.  Typical use::
+
+    from napari_mtunet.data import load_dataset, train_val_test_split, make_dataloader
+
+    report = load_dataset("Dataset_BUSI_with_GT")          # layout auto-detected
+    print(report.format())                                 # counts, sizes, duplicates, problems
+    split = train_val_test_split(report.samples, 0.15, 0.15, seed=0, root=report.root)
+    parts = split.select(report.samples, report.root)
+    loader = make_dataloader(parts["train"], report.class_names, preprocessing, augment, train=True)
+"""
+
+from .dataset import SampleDataset, class_balanced_weights, make_dataloader
+from .duplicates import DuplicateCluster, ImageHashes, find_duplicates, image_hashes
+from .errors import (
+    DataError,
+    DatasetValidationError,
+    EmptyDatasetError,
+    EmptyFileError,
+    FilePermissionError,
+    LayoutError,
+    MaskMismatchError,
+    MissingFileError,
+    OptionalDependencyError,
+    Problem,
+    SplitError,
+    TruncatedFileError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
+from .io import (
+    IMAGE_EXTENSIONS,
+    ImageInfo,
+    load_sample,
+    read_image,
+    read_image_info,
+    read_mask,
+    read_region,
+    tiff_levels,
+)
+from .layouts import LAYOUTS, detect_layout
+from .loading import DatasetReport, DatasetSummary, SampleStats, load_dataset
+from .rle import rle_decode, rle_encode
+from .samples import Sample
+from .splits import (
+    Split,
+    kfold_splits,
+    load_splits,
+    sample_key,
+    save_splits,
+    split_groups,
+    train_val_test_split,
+)
+from .transforms import JointTransform, build_transforms
+from .writer import write_generic_sample
+
+__all__ = [
+    "DataError", "DatasetReport", "DatasetSummary", "DatasetValidationError", "DuplicateCluster", "EmptyDatasetError",
+    "EmptyFileError", "FilePermissionError", "IMAGE_EXTENSIONS", "ImageHashes", "ImageInfo", "JointTransform",
+    "LAYOUTS", "LayoutError", "MaskMismatchError", "MissingFileError", "OptionalDependencyError", "Problem", "Sample",
+    "SampleDataset", "SampleStats", "Split", "SplitError", "TruncatedFileError", "UnreadableFileError",
+    "UnsupportedFormatError", "build_transforms", "class_balanced_weights", "detect_layout", "find_duplicates",
+    "image_hashes", "kfold_splits", "load_dataset", "load_sample", "load_splits", "make_dataloader", "read_image",
+    "read_image_info", "read_mask", "read_region", "rle_decode", "rle_encode", "sample_key", "save_splits",
+    "split_groups", "tiff_levels", "train_val_test_split", "write_generic_sample",
+]

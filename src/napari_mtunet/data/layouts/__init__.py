@@ -1,0 +1,93 @@
+"""Dataset layout readers: one module per layout, each ``detect(root)`` / ``load(root, **options)``."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import LayoutError
+from . import busi, generic, isic, lgg, panda, siim
+from ._common import LayoutResult, list_dirs
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[..., LayoutResult]
+    description: str
+
+
+#: Known layouts in detection order (most specific first).
+LAYOUTS: dict[str, Layout] = {
+    "panda": Layout("panda", panda.detect, panda.load, "PANDA: train.csv + train_images/*.tiff (+ label masks)"),
+    "siim": Layout("siim", siim.detect, siim.load, "SIIM-ACR: RLE CSV (ImageId, EncodedPixels) + DICOM/PNG images"),
+    "isic": Layout("isic", isic.detect, isic.load, "ISIC 2018: ISIC_*.jpg + *_segmentation.png + Task 3 CSV"),
+    "lgg": Layout("lgg", lgg.detect, lgg.load, "TCGA-LGG kaggle_3m: TCGA_*_<date>/ patient folders of .tif slices"),
+    "busi": Layout("busi", busi.detect, busi.load, "BUSI: <class>/<name>.png + <name>_mask[_k].png"),
+    "generic": Layout("generic", generic.detect, generic.load, "generic: images/ + masks/ + labels.csv"),
+    "folders": Layout("folders", generic.detect_folders, generic.load_folders, "one folder per class (no masks)"),
+}
+
+
+def _detect_here(root: Path, *, allow_folders: bool = False) -> str | None:
+    for name, lay in LAYOUTS.items():
+        if name == "folders" and not allow_folders:
+            continue
+        try:
+            if lay.detect(root):
+                return name
+        except OSError:
+            continue
+    return None
+
+
+def detect_layout(root: str | Path) -> tuple[str, Path]:
+    """Find the layout of a dataset folder: ``(layout name, dataset root)``.
+
+    The root may be the dataset folder itself or a folder up to two levels
+    above it holding a single dataset (e.g. ``busi/`` holding
+    ``Dataset_BUSI_with_GT/``).  Specific layouts win over class-per-folder,
+    which is only considered for ``root`` itself.  Raises
+    :class:`LayoutError` saying what was looked for when nothing matches, or
+    which datasets were found when there are several.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise LayoutError("dataset folder does not exist", root)
+    if not root.is_dir():
+        raise LayoutError("expected a dataset folder, got a file", root)
+    frontier = [root]
+    for _depth in range(3):
+        found = [(n, d) for d in frontier if (n := _detect_here(d)) is not None]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listing = ", ".join(f"{n} at {d}" for n, d in found)
+            raise LayoutError(f"several datasets found ({listing}); point to one of them", root)
+        frontier = [d for r in frontier for d in list_dirs(r)]
+        if not frontier or len(frontier) > 200:
+            break
+    if generic.detect_folders(root):
+        return "folders", root
+    known = "\n  ".join(f"{k}: {v.description}" for k, v in LAYOUTS.items())
+    raise LayoutError(f"no known dataset layout found (looked up to 2 levels down). Known layouts:\n  {known}", root)
+
+
+def load_layout(name: str, root: Path, options: dict[str, Any] | None = None) -> LayoutResult:
+    """Run one layout reader, checking the options it accepts."""
+    if name not in LAYOUTS:
+        raise LayoutError(f"unknown layout {name!r}; known: {sorted(LAYOUTS)} or 'auto'")
+    fn = LAYOUTS[name].load
+    options = dict(options or {})
+    params = inspect.signature(fn).parameters
+    unknown = [k for k in options if k not in params or k == "root"]
+    if unknown:
+        accepted = [k for k in params if k != "root"]
+        raise LayoutError(f"layout {name!r} does not accept option(s) {unknown}; it accepts {accepted or 'none'}")
+    return fn(root, **options)
+
+
+__all__ = ["LAYOUTS", "Layout", "LayoutResult", "detect_layout", "load_layout"]
