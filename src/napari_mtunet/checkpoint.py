@@ -18,7 +18,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +168,16 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
-        save_file(_dedupe_shared(tensors), tmp, metadata={META_KEY: meta_json})
+        try:
+            save_file(_dedupe_shared(tensors), tmp, metadata={META_KEY: meta_json})
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                raise
+            # safetensors reports I/O failures (disk full, file too large) as its own error type
+            raise CheckpointError(
+                f"{path}: could not write the checkpoint ({exc}); is the disk full? "
+                "The previous file at this path, if any, is unchanged."
+            ) from None
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -176,7 +187,22 @@ def save_checkpoint(
         except OSError:
             pass
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (POSIX); best effort elsewhere."""
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -249,8 +275,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: metadata is implausibly large ({len(raw)} bytes)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, huge integers, absurd nesting
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     return validate_metadata(meta, where=str(path))
 
 
@@ -284,12 +310,93 @@ def validate_metadata(meta: Any, *, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{where}: metadata field 'parent' must be a string or null")
     if not all(isinstance(c, str) for c in meta["class_names"]):
         raise CheckpointError(f"{where}: class_names must be strings")
+    if len(meta["class_names"]) > MAX_CLASSES or any(len(c) > MAX_NAME_CHARS for c in meta["class_names"]):
+        raise CheckpointError(f"{where}: class_names: at most {MAX_CLASSES} names of <= {MAX_NAME_CHARS} characters")
+    if not _HEX64.fullmatch(meta["content_hash"]):
+        raise CheckpointError(f"{where}: content_hash must be 64 hexadecimal characters")
+    # Check types and sizes of the raw values *before* building config objects: an
+    # untrusted file must not be able to make us allocate (num_classes=10**12 would
+    # otherwise build a 10**12-entry class-name list) or raise stray exceptions.
+    _check_fields(meta["model"], _MODEL_SCHEMA, where=f"{where}: invalid model configuration in metadata")
+    _check_fields(meta["preprocessing"], _PREPROCESSING_SCHEMA, where=f"{where}: invalid model configuration in metadata")
     try:
         ModelConfig.from_dict(meta["model"])
         Preprocessing.from_dict(meta["preprocessing"])
-    except (ConfigError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(f"{where}: invalid model configuration in metadata ({exc})") from None
     return meta
+
+
+#: Upper bounds on what a checkpoint may describe (far above any real model).
+MAX_CLASSES = 10_000
+MAX_SEG_CLASSES = 255
+MAX_NAME_CHARS = 500
+MAX_CHANNELS = 8192
+MAX_IMAGE_SIZE = 16384
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ENCODER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int_in(lo: int, hi: int):
+    return lambda v: _is_int(v) and lo <= v <= hi, f"an integer in [{lo}, {hi}]"
+
+
+def _numbers(n: int, positive: bool = False):
+    def ok(v: Any) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) == n
+            and all(_is_number(x) and (x > 0 if positive else True) for x in v)
+        )
+
+    return ok, f"a list of {n} finite {'positive ' if positive else ''}numbers"
+
+
+_MODEL_SCHEMA: dict[str, tuple[Any, str]] = {
+    "encoder_name": (lambda v: isinstance(v, str) and bool(_ENCODER_NAME.fullmatch(v)), "an encoder name ([A-Za-z0-9_.-], <= 100 characters)"),
+    "encoder_weights": (lambda v: v is None or (isinstance(v, str) and len(v) <= 4096), "a string or null"),
+    "in_channels": _int_in(3, 3),
+    "num_classes": _int_in(1, MAX_CLASSES),
+    "seg_classes": _int_in(1, MAX_SEG_CLASSES),
+    "task": (lambda v: isinstance(v, str), "a string"),
+    "skip_connections": (lambda v: isinstance(v, bool), "true or false"),
+    "dropout": (_is_number, "a finite number"),
+    "encoder_depth": _int_in(1, 5),
+    "decoder_channels": (
+        lambda v: isinstance(v, list) and 1 <= len(v) <= 5 and all(_is_int(c) and 1 <= c <= MAX_CHANNELS for c in v),
+        f"a list of 1-5 integers in [1, {MAX_CHANNELS}]",
+    ),
+    "class_names": (
+        lambda v: isinstance(v, list) and len(v) <= MAX_CLASSES and all(isinstance(c, str) and len(c) <= MAX_NAME_CHARS for c in v),
+        f"a list of at most {MAX_CLASSES} strings",
+    ),
+}
+
+_PREPROCESSING_SCHEMA: dict[str, tuple[Any, str]] = {
+    "image_size": _int_in(32, MAX_IMAGE_SIZE),
+    "resize": (lambda v: isinstance(v, bool), "true or false"),
+    "mean": _numbers(3),
+    "std": _numbers(3, positive=True),
+}
+
+
+def _check_fields(data: dict[str, Any], schema: dict[str, tuple[Any, str]], *, where: str) -> None:
+    for key, value in data.items():
+        if key not in schema:
+            raise CheckpointError(f"{where} (unknown field {str(key)[:100]!r})")
+        ok, expected = schema[key]
+        if not ok(value):
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise CheckpointError(f"{where} (field {key!r} must be {expected}, got {shown})")
 
 
 def load_checkpoint(
