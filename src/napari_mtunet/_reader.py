@@ -7,6 +7,7 @@ to show the Predict widget with that model.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,32 @@ import numpy as np
 PREVIEW_SIZE = 256
 #: At most this many samples are opened as layers (a large dataset stays usable).
 MAX_PREVIEW = 300
+
+
+# --------------------------------------------------------------------------- environment guard
+
+
+def guard_triton() -> None:
+    """Keep ``triton`` from loading inside napari when no CUDA GPU can use it.
+
+    torchvision (used by the data transforms and the model) imports
+    ``torch._dynamo``, which imports ``triton`` if it is installed.  Loading
+    triton's bundled LLVM into a process whose OpenGL context runs on Mesa's
+    llvmpipe (software rendering: VMs, remote desktops, Xvfb) crashes the
+    whole viewer with a segmentation fault.  Without a CUDA device triton is
+    useless, so it is masked (``sys.modules["triton"] = None`` makes torch
+    treat it as absent).  Set ``MTUNET_ALLOW_TRITON=1`` to opt out.
+    """
+    if "triton" in sys.modules or os.environ.get("MTUNET_ALLOW_TRITON"):
+        return
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return
+    except Exception:  # noqa: BLE001 - never break napari over this
+        return
+    sys.modules["triton"] = None  # type: ignore[assignment]
 
 
 # --------------------------------------------------------------------------- dataset folders
@@ -31,6 +58,7 @@ def get_dataset_reader(path: str | list[str]) -> Callable | None:
     p = Path(path)
     if not p.is_dir():
         return None
+    guard_triton()
     try:
         from .data.layouts import detect_layout
 
@@ -137,6 +165,7 @@ def get_checkpoint_reader(path: str | list[str]) -> Callable | None:
     p = Path(path)
     if p.suffix != ".safetensors" or not p.is_file():
         return None
+    guard_triton()
     try:
         from .checkpoint import read_metadata
 

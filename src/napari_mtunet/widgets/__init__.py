@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .annotate import AnnotateWidget
-from .dataset import DatasetWidget
-from .predict import PredictWidget
-from .train import TrainWidget
+from .._reader import guard_triton
+
+guard_triton()  # before anything imports torchvision inside napari (see guard_triton)
+
+from .annotate import AnnotateWidget  # noqa: E402
+from .dataset import DatasetWidget  # noqa: E402
+from .predict import PredictWidget  # noqa: E402
+from .train import TrainWidget  # noqa: E402
 
 PLUGIN = "napari-mtunet"
 

@@ -167,12 +167,19 @@ def gradcam_job(predictor: Any, arr: np.ndarray, rgb: bool, preds: list[Any], is
 
 
 def _one_gradcam(explain: Any, predictor: Any, image: np.ndarray, pred: Any) -> np.ndarray:
-    fn = getattr(explain, "gradcam_for_image", None) or getattr(explain, "grad_cam_image", None)
-    if fn is not None:
-        cam = fn(predictor.model, image, class_index=pred.class_index, preprocessing=predictor.info.preprocessing, device=predictor.device)
-    else:
-        raise RuntimeError("Grad-CAM: napari_mtunet.explain has no image-level entry point")
-    return np.asarray(cam, np.float32)
+    """Grad-CAM at the model's input size (the image resized as in training), resized back."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..preprocess import to_float_rgb
+
+    h, w = image.shape[:2]
+    s = predictor.image_size
+    x = torch.from_numpy(to_float_rgb(image)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    cam = explain.grad_cam(predictor.model, x.to(predictor.device), target_class=pred.class_index)
+    up = F.interpolate(torch.from_numpy(cam)[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    return up.numpy().astype(np.float32)
 
 
 def predict_folder_job(cache: PredictorCache, params: dict[str, Any], in_dir: str, out_dir: str):

@@ -49,11 +49,30 @@ WEIGHTS = ("imagenet", "none", "local file")
 # --------------------------------------------------------------------------- Qt-free job
 
 
-def training_data(data_cfg: DataConfig, preprocessing: Preprocessing) -> tuple[Any, Any, list[str], dict[str, Any]]:
-    """``(train dataset, val dataset | None, class names, summary)`` from the data package."""
-    from ..data import build_datasets
+def training_data(
+    data_cfg: DataConfig, preprocessing: Preprocessing, class_names: list[str] | None = None
+) -> tuple[Any, Any, list[str], str]:
+    """``(train dataset, val dataset | None, class names, summary)``: the same path as ``mtunet train``.
 
-    return build_datasets(data_cfg, preprocessing)
+    ``class_names`` fixes the class order (fine-tuning keeps the model's classes).
+    """
+    import numpy as np
+
+    from ..training.data_bridge import load_data, make_dataset, train_val_test
+
+    loaded = load_data(
+        data_cfg.root, data_cfg.layout, strict=data_cfg.strict, max_samples=data_cfg.max_samples, seed=data_cfg.seed
+    )
+    if class_names:
+        loaded.class_names = list(class_names)
+    if data_cfg.val_fraction > 0 or data_cfg.test_fraction > 0 or data_cfg.fold is not None:
+        splits = train_val_test(loaded, data_cfg)
+    else:
+        splits = {"train": np.arange(len(loaded.samples)), "val": np.arange(0)}
+    size = preprocessing.image_size
+    train_ds = make_dataset(loaded, splits["train"], size, augment=data_cfg.augment)
+    val_ds = make_dataset(loaded, splits["val"], size) if len(splits["val"]) else None
+    return train_ds, val_ds, list(loaded.class_names), loaded.summary()
 
 
 def train_job(configs: dict[str, Any], cancel: Any):
@@ -66,8 +85,11 @@ def train_job(configs: dict[str, Any], cancel: Any):
         yield ("status", f"Loading the dataset from {configs['data'].root} …")
         train_ds, val_ds, class_names, summary = training_data(configs["data"], configs["preprocessing"])
         mc: ModelConfig = configs["model"]
-        model_cfg = ModelConfig.from_dict({**mc.to_dict(), "num_classes": len(class_names), "class_names": class_names})
-        yield ("status", f"Training on {len(train_ds)} images ({', '.join(class_names)}), {device}")
+        model_cfg = ModelConfig.from_dict(
+            {**mc.to_dict(), "num_classes": max(2, len(class_names)), "class_names": class_names if len(class_names) >= 2 else []}
+        )
+        yield ("status", f"Training on {len(train_ds)} images, validating on {len(val_ds or [])} "
+                         f"({', '.join(class_names)}), device {device}")
         trainer = Trainer(
             model_cfg,
             configs["train"],
@@ -254,7 +276,9 @@ class TrainWidget(QWidget):
             device=self.device.currentText(),
             seed=int(self.seed.value()),
         )
-        return {"data": data, "model": model, "preprocessing": pre, "train": train, "out_dir": self.out_dir.value}
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out_dir = Path(self.out_dir.value) / f"mtunet-{stamp}"  # a new run folder: nothing is overwritten
+        return {"data": data, "model": model, "preprocessing": pre, "train": train, "out_dir": str(out_dir)}
 
     # ------------------------------------------------------------------ running
 
