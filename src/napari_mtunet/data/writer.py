@@ -82,7 +82,7 @@ def _encode_image(image: np.ndarray) -> tuple[bytes, str]:
         a = a.astype(np.uint8) * 255
     buf = io.BytesIO()
     if a.dtype == np.uint8 or (a.dtype == np.uint16 and a.ndim == 2):
-        im = Image.fromarray(a, mode="I;16") if a.dtype == np.uint16 else Image.fromarray(a)
+        im = Image.fromarray(a)
         im.save(buf, format="PNG")
         return buf.getvalue(), ".png"
     import tifffile
