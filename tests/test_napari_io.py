@@ -1,0 +1,135 @@
+"""Readers (dataset folders, checkpoints), the dataset writer and the sample data, through napari."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-mtunet"
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    from napari_mtunet.sample_data import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("io") / "phantom", n=6, size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from napari_mtunet.checkpoint import save_checkpoint
+    from napari_mtunet.config import ModelConfig, Preprocessing
+    from napari_mtunet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(encoder_weights=None, class_names=["benign", "malignant", "normal"]), Preprocessing(image_size=64)
+    )
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors", model)
+
+
+def test_sample_data_loads(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "phantom")
+    assert [type(lyr).__name__ for lyr in layers] == ["Image", "Labels"]
+    image, labels = layers
+    assert image.data.shape == labels.data.shape == (12, 256, 256)
+    meta = labels.metadata["mtunet"]
+    assert len(meta["classes"]) == 12 and set(meta["classes"]) <= {"benign", "malignant", "normal"}
+    assert meta["synthetic"] is True
+    single = viewer.open_sample(PLUGIN, "phantom_single")
+    assert single[0].data.shape == (256, 256) and single[1].metadata["mtunet"]["class_name"]
+
+
+def test_dataset_reader(make_napari_viewer, phantom_root, tmp_path):
+    from napari_mtunet._reader import get_dataset_reader
+
+    assert get_dataset_reader(str(tmp_path)) is None  # empty folder: not a dataset
+    assert get_dataset_reader(str(phantom_root / "labels.csv")) is None  # a file
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(phantom_root), plugin=PLUGIN)
+    image, labels = layers
+    assert image.data.shape == (6, 256, 256) and labels.data.shape == (6, 256, 256)
+    meta = image.metadata["mtunet"]
+    rows = list(csv.DictReader(open(phantom_root / "labels.csv")))
+    assert meta["classes"] == [r["label"] for r in rows]
+    assert meta["layout"] == "generic" and meta["n_total"] == 6
+    assert labels.data.max() == 1 and labels.data[[i for i, r in enumerate(rows) if r["label"] == "normal"]].max() == 0
+
+
+def test_writer_round_trip(make_napari_viewer, tmp_path):
+    from napari.plugins.io import save_layers
+
+    from napari_mtunet.data import load_dataset, load_sample
+    from napari_mtunet.sample_data import make_phantom
+
+    ph = make_phantom(n=3, size=64, seed=9)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(ph.images, name="scan")
+    labels = viewer.add_labels(
+        ph.masks.copy(), name="scan [annotation]",
+        metadata={"mtunet": {"classes": ph.labels, "source_layer": "scan", "is_stack": True}},
+    )
+    out = tmp_path / "exported"
+    written = save_layers(str(out), [image, labels], plugin=PLUGIN)
+    assert len(written) == 3
+    # labels alone: the image is found through metadata["mtunet"]["source_layer"]
+    written2 = save_layers(str(out), [labels], plugin=PLUGIN)
+    assert len(written2) == 3 and not set(written) & set(written2)
+    report = load_dataset(out, layout="generic")
+    assert len(report.samples) == 6 and not report.errors
+    by_name = {s.image.name: s for s in report.samples}
+    for path, img, msk, lab in zip(written, ph.images, ph.masks, ph.labels):
+        from pathlib import Path
+
+        s = by_name[Path(path).name]
+        got_img, got_mask = load_sample(s)
+        np.testing.assert_array_equal(got_img, img)
+        np.testing.assert_array_equal(got_mask, msk)
+        assert s.label == lab
+    # and back into napari through the dataset reader
+    layers = viewer.open(str(out), plugin=PLUGIN)
+    assert sorted(layers[0].metadata["mtunet"]["classes"]) == sorted(ph.labels * 2)
+
+
+def test_writer_refuses_labels_without_image(make_napari_viewer, tmp_path):
+    from napari_mtunet._writer import write_dataset
+
+    make_napari_viewer()
+    with pytest.raises(ValueError, match="image"):
+        write_dataset(str(tmp_path / "x"), [(np.zeros((8, 8), np.uint8), {"metadata": {}}, "labels")])
+
+
+def test_checkpoint_reader_opens_predict_widget(make_napari_viewer, tiny_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from napari_mtunet._reader import get_checkpoint_reader
+    from napari_mtunet.widgets import PredictWidget
+
+    other = tmp_path / "someone_elses.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    assert get_checkpoint_reader(str(other)) is None  # not ours: let other readers try
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file at all")
+    assert get_checkpoint_reader(str(junk)) is None
+
+    viewer = make_napari_viewer()
+    n_layers = len(viewer.layers)
+    viewer.open(str(tiny_checkpoint), plugin=PLUGIN)
+    assert len(viewer.layers) == n_layers  # no layers, a widget
+    from qtpy.QtWidgets import QWidget
+
+    predict = [w for w in viewer.window._qt_window.findChildren(QWidget) if isinstance(w, PredictWidget)]
+    assert len(predict) == 1 and predict[0].checkpoint.value == str(tiny_checkpoint)
+    assert "mobilenet_v2" in predict[0].model_info.text()
+    # opening a second checkpoint reuses the same widget
+    viewer.open(str(tiny_checkpoint), plugin=PLUGIN)
+    assert len([w for w in viewer.window._qt_window.findChildren(QWidget) if isinstance(w, PredictWidget)]) == 1
