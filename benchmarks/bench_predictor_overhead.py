@@ -53,6 +53,12 @@ def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: in
             for _ in range(inner):
                 model(x)
 
+    if inner <= 0:  # adaptive: about 0.3 s per timed unit
+        inner = 1
+        run_bare()
+        t0 = time.perf_counter()
+        run_bare()
+        inner = max(1, min(10, round(0.3 / max(time.perf_counter() - t0, 1e-3))))
     print(f"[{encoder} {mode}] predict on {image_side}^2 vs bare forward on {tuple(x.shape)} x{inner}", flush=True)
     t = C.interleaved({"predict": run_predict, "bare": run_bare}, repeats, warmup=1, log=False)
     r = C.ratio_summary(t, "predict", "bare")
@@ -74,8 +80,8 @@ def main() -> None:
     p.add_argument("--modes", default="resize,native")
     p.add_argument("--image", type=int, default=512, help="image side")
     p.add_argument("--train-size", type=int, default=256, help="the model's training image_size (resize mode)")
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--inner", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--inner", type=int, default=0, help="calls per timed unit (0: adaptive, ~0.3 s per unit)")
     args = p.parse_args()
     if args.quick:
         args.image, args.train_size, args.repeats, args.inner = 128, 64, 2, 1

@@ -307,16 +307,18 @@ class Predictor:
                 prob_multi[:, y0:y1] = p
                 mask_out[y0:y1] = p.argmax(axis=0)
 
+        def make_tile(y: int, x: int) -> tuple[int, np.ndarray, int]:
+            tile = conv(np.asarray(image[y : y + th, x : x + tw]))
+            real = tile.shape[0] * tile.shape[1]
+            if tile.shape[0] < th or tile.shape[1] < tw:
+                tile = np.pad(tile, ((0, th - tile.shape[0]), (0, tw - tile.shape[1]), (0, 0)), mode="edge")
+            return x, tile, real
+
         for yi, y in enumerate(ys):
-            row_tiles = []
-            for x in xs:
-                tile = conv(np.asarray(image[y : y + th, x : x + tw]))
-                real = tile.shape[0] * tile.shape[1]
-                if tile.shape[0] < th or tile.shape[1] < tw:
-                    tile = np.pad(tile, ((0, th - tile.shape[0]), (0, tw - tile.shape[1]), (0, 0)), mode="edge")
-                row_tiles.append((x, tile, real))
-            for start in range(0, len(row_tiles), self.batch_size):
-                chunk = row_tiles[start : start + self.batch_size]
+            # Tiles are converted one batch at a time: float working memory is
+            # O(batch_size x tile), independent of the image width.
+            for start in range(0, len(xs), self.batch_size):
+                chunk = [make_tile(y, x) for x in xs[start : start + self.batch_size]]
                 batch = torch.from_numpy(np.stack([t for _, t, _ in chunk])).permute(0, 3, 1, 2).to(self.device)
                 seg, cls = self._forward(batch)
                 if seg is not None:

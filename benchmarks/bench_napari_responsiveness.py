@@ -1,0 +1,310 @@
+"""napari responsiveness: the worst event-loop stall while the widgets train and predict.
+
+A ``QTimer`` heartbeat fires every ``--tick-ms`` (10 ms) on the GUI thread;
+a stall is the gap between two consecutive ticks minus the interval (the
+time the event loop could not run: the user would see a frozen window).
+Phases, each in the same napari viewer:
+
+- ``idle``:    nothing running (the machine's own noise floor);
+- ``train``:   ``TrainWidget.start()`` on a dataset folder (default: the
+  phantom dataset written to a temporary folder; ``--data`` for BUSI), random
+  init, CPU, until the worker finishes (epochs, validation, checkpoints);
+- ``predict``: ``PredictWidget.predict()`` on an image layer with the
+  checkpoint the training wrote (``--predict-size`` px; bigger than 2048 runs
+  tiled), until the Labels layer has been added;
+- ``predict_tiled``: the same on a ``--tiled-size`` image (tiled mode);
+- ``napari_add_labels*``: napari alone -- ``viewer.add_labels`` of the same
+  sizes called directly on the GUI thread (the floor any plugin that shows a
+  result as a Labels layer pays; the first Labels layer of a session pays
+  napari's one-time initialisation).
+
+Target: worst stall <= 100 ms during training and prediction.  Run under
+Xvfb (``xvfb-run -a python benchmarks/bench_napari_responsiveness.py``) or
+headless (the script sets ``QT_QPA_PLATFORM=offscreen`` when no display is
+set).  ``--show`` shows the viewer window (then canvas redraws are included).
+
+    xvfb-run -a python benchmarks/bench_napari_responsiveness.py
+    python benchmarks/bench_napari_responsiveness.py --quick
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import _common as C  # noqa: E402
+
+NAME = "napari_responsiveness"
+
+
+class Heartbeat:
+    def __init__(self, interval_ms: int):
+        from qtpy.QtCore import QTimer
+
+        self.interval = interval_ms / 1000.0
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def start(self) -> None:
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+
+    def stop(self, sampler: StackSampler | None = None) -> dict:
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+        gaps = [b - a for a, b in zip(self.ticks, self.ticks[1:])]
+        stalls = sorted(max(0.0, g - self.interval) for g in gaps)
+        worst_i = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
+        n = len(stalls)
+        extra = {}
+        if sampler is not None and gaps:
+            extra["worst_stall_stacks"] = sampler.explain(self.ticks[worst_i], self.ticks[worst_i + 1])
+            # every stall over 100 ms, shortly
+            big = [i for i, g in enumerate(gaps) if g - self.interval > 0.1]
+            extra["stalls_explained"] = [
+                {"at_s": self.ticks[i] - self.ticks[0], "ms": 1000 * (gaps[i] - self.interval),
+                 **sampler.explain(self.ticks[i], self.ticks[i + 1])}
+                for i in big[:10]
+            ]
+        return {**extra,
+            "duration_s": self.ticks[-1] - self.ticks[0],
+            "ticks": n,
+            "worst_stall_ms": 1000 * stalls[-1] if n else 0.0,
+            "worst_at_s": (self.ticks[worst_i] - self.ticks[0]) if gaps else 0.0,
+            "p99_stall_ms": 1000 * stalls[min(n - 1, int(0.99 * n))] if n else 0.0,
+            "median_gap_ms": 1000 * C.median(gaps) if gaps else 0.0,
+            "stalls_over_100ms": sum(1 for s in stalls if s > 0.1),
+            "stalls_over_50ms": sum(1 for s in stalls if s > 0.05),
+        }
+
+
+class StackSampler:
+    """``--diagnose``: sample every thread's Python stack every few ms (to explain stalls).
+
+    A stall with (almost) no samples inside it means the sampler could not
+    get the GIL either: one C call held it; the last samples before the stall
+    show who.
+    """
+
+    def __init__(self, period_s: float = 0.003, depth: int = 8):
+        import threading
+
+        self.period, self.depth = period_s, depth
+        self.samples: list[tuple[float, dict[str, list[str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+        self._main = threading.main_thread().ident
+
+    def _run(self) -> None:
+        import sys
+        import threading
+        import traceback
+
+        me = threading.get_ident()
+        while not self._stop.is_set():
+            now = time.perf_counter()
+            snap = {}
+            for tid, frame in sys._current_frames().items():
+                if tid == me:
+                    continue
+                stack = traceback.extract_stack(frame)[-self.depth:]
+                label = "main" if tid == self._main else f"thread-{tid % 10000}"
+                snap[label] = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in stack]
+            self.samples.append((now, snap))
+            time.sleep(self.period)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def explain(self, t0: float, t1: float) -> dict:
+        inside = [snap for t, snap in self.samples if t0 <= t <= t1]
+        before = [snap for t, snap in self.samples if t < t0][-1:]
+        from collections import Counter
+
+        tops: dict[str, Counter] = {}
+        for snap in inside:
+            for label, stack in snap.items():
+                tops.setdefault(label, Counter())[" <- ".join(reversed(stack[-4:]))] += 1
+        return {
+            "samples_inside": len(inside),
+            "expected_samples": int((t1 - t0) / self.period),
+            "last_before": before[0] if before else {},
+            "most_common_inside": {k: c.most_common(3) for k, c in tops.items()},
+        }
+
+
+def wait_until(app, cond, timeout_s: float) -> bool:
+    """Spin the event loop (as napari's own loop would) until ``cond()`` or timeout."""
+    t_end = time.perf_counter() + timeout_s
+    while not cond():
+        if time.perf_counter() > t_end:
+            return False
+        app.processEvents()
+        time.sleep(0.001)
+    return True
+
+
+def main() -> None:
+    p = C.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="dataset folder for training (default: a temporary phantom dataset)")
+    p.add_argument("--phantom-n", type=int, default=48)
+    p.add_argument("--image-size", type=int, default=128, help="training image size")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--max-samples", type=int, default=0, help="0 = all")
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--predict-size", type=int, default=1024)
+    p.add_argument("--tiled-size", type=int, default=4096, help="0 skips the tiled phase")
+    p.add_argument("--idle-s", type=float, default=3.0)
+    p.add_argument("--tick-ms", type=int, default=10)
+    p.add_argument("--show", action="store_true")
+    p.add_argument("--diagnose", action="store_true", help="sample thread stacks; report what ran during stalls")
+    p.add_argument("--timeout-s", type=float, default=1800)
+    args = p.parse_args()
+    if args.quick:
+        args.phantom_n, args.image_size, args.epochs, args.batch = 24, 64, 1, 8
+        args.predict_size, args.tiled_size, args.idle_s = 128, 256, 0.5
+    C.apply_threads(args.threads)
+    started = time.time()
+
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_mtunet.widgets import PredictWidget, TrainWidget
+    from napari_mtunet.widgets import _common as wc
+    from napari_mtunet.widgets import predict as wpredict
+    from napari_mtunet.widgets import train as wtrain
+
+    errors: list[str] = []
+    for mod in (wc, wpredict, wtrain):  # record instead of popping notifications
+        mod.notify_error = errors.append
+        mod.notify_info = lambda *_: None
+
+    tmp = tempfile.TemporaryDirectory(prefix="mtunet-resp-")
+    data = args.data
+    if data is None:
+        from napari_mtunet.sample_data import write_phantom_dataset
+
+        data = str(write_phantom_dataset(Path(tmp.name) / "phantom", n=args.phantom_n, size=args.image_size, seed=0))
+
+    viewer = napari.Viewer(show=args.show)
+    app = QApplication.instance()
+    hb = Heartbeat(args.tick_ms)
+    phases: dict[str, dict] = {}
+    sampler = StackSampler() if args.diagnose else None
+    if sampler:
+        sampler.start()
+
+    def phase(name: str, run, done) -> None:
+        hb.start()
+        t0 = time.perf_counter()
+        run()
+        ok = wait_until(app, done, args.timeout_s)
+        res = hb.stop(sampler)
+        res["completed"] = bool(ok)
+        res["wall_s"] = time.perf_counter() - t0
+        phases[name] = res
+        print(f"  {name}: {res['wall_s']:.1f} s, worst stall {res['worst_stall_ms']:.0f} ms "
+              f"(p99 {res['p99_stall_ms']:.0f} ms, {res['stalls_over_100ms']} over 100 ms)", flush=True)
+
+    # idle baseline
+    phase("idle", lambda: None, (lambda t_end=time.perf_counter() + args.idle_s + 0.05: time.perf_counter() > t_end))
+
+    # training
+    tw = TrainWidget(viewer)
+    viewer.window.add_dock_widget(tw, name="train")
+    tw.data_root.value = data
+    tw.out_dir.value = str(Path(tmp.name) / "runs")
+    tw.encoder.setCurrentText("mobilenet_v2")
+    tw.encoder_weights.setCurrentText("none")
+    tw.image_size.setValue(args.image_size)
+    tw.epochs.setValue(args.epochs)
+    tw.batch_size.setValue(args.batch)
+    tw.max_samples.setValue(args.max_samples)
+    tw.device.setCurrentText("cpu")
+    tw.val_fraction.setValue(args.val_fraction)
+    tw.test_fraction.setValue(args.test_fraction)
+    phase("train", tw.start, lambda: not tw.running)
+    ckpt = tw.best_checkpoint
+    if not ckpt:
+        raise SystemExit(f"training produced no checkpoint: {tw.last_error or errors}")
+
+    # prediction (resize mode for normal images, tiled for big ones)
+    pw = PredictWidget(viewer)
+    viewer.window.add_dock_widget(pw, name="predict")
+    pw.set_checkpoint(ckpt)
+    pw.device.setCurrentText("cpu")
+    rng = np.random.default_rng(0)
+    sizes = [("predict", args.predict_size)] + ([("predict_tiled", args.tiled_size)] if args.tiled_size else [])
+
+    def napari_floor(name: str, size: int) -> None:
+        """napari's own cost: add a Labels layer of that size synchronously on the GUI thread."""
+        mask = np.zeros((size, size), np.uint8)
+        mask[: size // 2] = 1
+        phase(name, lambda: viewer.add_labels(mask, name=f"{name}{size}", opacity=0.5), lambda: True)
+        phases[name]["image"] = [size, size]
+
+    # napari alone: the first Labels layer of the session pays one-time initialisation
+    napari_floor("napari_add_labels_first", args.predict_size)
+    for name, size in sizes:
+        layer = viewer.add_image(rng.integers(0, 256, (size, size), dtype=np.uint8), name=f"img{size}")
+        pw.image_layer.refresh()
+        pw.image_layer.setCurrentText(layer.name)
+        pw.mode.setCurrentText("tiled" if name == "predict_tiled" else "auto")
+        phase(name, pw.predict, lambda: not pw.busy)
+        phases[name]["image"] = [size, size]
+        phases[name]["labels_added"] = f"{layer.name} [mtunet]" in viewer.layers
+
+    for name, size in sizes:  # napari alone, steady state, same sizes as the predictions
+        napari_floor(f"napari_add_labels_{name}", size)
+
+    viewer.close()
+    tmp.cleanup()
+    if sampler:
+        sampler.stop()
+        import json as _json
+
+        for k, v in phases.items():
+            for st in v.get("stalls_explained", []):
+                print(f"\n[{k}] stall {st['ms']:.0f} ms at {st['at_s']:.2f} s: {st['samples_inside']} samples "
+                      f"inside (of ~{st['expected_samples']})")
+                print("  last before:", _json.dumps(st["last_before"], indent=1)[:3000])
+                print("  inside:", _json.dumps(st["most_common_inside"], indent=1)[:3000])
+    if errors:
+        print("widget errors:", *errors, sep="\n  ")
+
+    rows = [[k, v["wall_s"], v["ticks"], v["median_gap_ms"], v["p99_stall_ms"], v["worst_stall_ms"], v["worst_at_s"],
+             v["stalls_over_100ms"]] for k, v in phases.items()]
+    print(f"\nheartbeat every {args.tick_ms} ms; stall = gap - interval; platform {os.environ.get('QT_QPA_PLATFORM', 'default')}")
+    C.print_table(["phase", "wall_s", "ticks", "median_gap_ms", "p99_stall_ms", "worst_stall_ms", "worst_at_s",
+                   ">100ms"], rows)
+    targets = [C.target_check(f"{k}: worst event-loop stall (ms)", v["worst_stall_ms"], 100.0)
+               for k, v in phases.items() if k != "idle" and not k.startswith("napari_")]
+    C.print_targets(targets)
+    C.write_result(
+        NAME,
+        args,
+        {"config": {"tick_ms": args.tick_ms, "image_size": args.image_size, "epochs": args.epochs,
+                    "batch": args.batch, "data": args.data or f"phantom n={args.phantom_n}",
+                    "predict_size": args.predict_size, "tiled_size": args.tiled_size, "show": args.show,
+                    "qt_platform": os.environ.get("QT_QPA_PLATFORM", "default"), "napari": napari.__version__},
+         "results": phases, "errors": errors, "targets": targets},
+        started,
+    )
+
+
+if __name__ == "__main__":
+    main()
