@@ -139,3 +139,20 @@ def test_save_load_select_roundtrip(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(SplitError, match="not a napari-mtunet-split"):
         load_splits(tmp_path / "bad.json")
+
+
+def test_split_for_config(tmp_path):
+    from napari_mtunet.config import DataConfig
+    from napari_mtunet.data import split_for_config
+
+    root = tmp_path / "ds"
+    samples = [Sample(image=root / f"{i}.png", label="ab"[i % 2]) for i in range(40)]
+    cfg = DataConfig(split_file=str(tmp_path / "s.json"), seed=2)
+    first = split_for_config(samples, cfg, root)
+    assert (tmp_path / "s.json").exists()
+    assert split_for_config(samples, cfg, root).to_dict() == first.to_dict()  # loaded, not re-made
+    kcfg = DataConfig(split_file=str(tmp_path / "k.json"), fold=2, n_folds=4, val_fraction=0.1)
+    f2 = split_for_config(samples, kcfg, root)
+    assert f2.fold == 2 and len(load_splits(tmp_path / "k.json")) == 4
+    with pytest.raises(SplitError, match="5 folds|folds"):
+        split_for_config(samples, DataConfig(split_file=str(tmp_path / "k.json")), root)

@@ -49,6 +49,7 @@ from .splits import (
     load_splits,
     sample_key,
     save_splits,
+    split_for_config,
     split_groups,
     train_val_test_split,
 )
@@ -63,5 +64,5 @@ __all__ = [
     "UnsupportedFormatError", "build_transforms", "class_balanced_weights", "detect_layout", "find_duplicates",
     "image_hashes", "kfold_splits", "load_dataset", "load_sample", "load_splits", "make_dataloader", "read_image",
     "read_image_info", "read_mask", "read_region", "rle_decode", "rle_encode", "sample_key", "save_splits",
-    "split_groups", "tiff_levels", "train_val_test_split", "write_generic_sample",
+    "split_for_config", "split_groups", "tiff_levels", "train_val_test_split", "write_generic_sample",
 ]

@@ -149,6 +149,10 @@ class DatasetReport:
         return self.samples[i]
 
     @property
+    def notes(self) -> list[str]:
+        return self.summary.notes
+
+    @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if not is_warning(p)]
 

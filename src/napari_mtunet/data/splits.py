@@ -301,3 +301,38 @@ def load_splits(path: str | Path) -> list[Split]:
                 raise SplitError(f"split file lists {len(both)} sample(s) in both {a} and {b} "
                                  f"(first: {sorted(both)[0]})", path)
     return splits
+
+
+def split_for_config(samples: Sequence[Sample], config: Any, root: str | Path | None = None) -> Split:
+    """The split a :class:`~napari_mtunet.config.DataConfig` asks for.
+
+    ``config.split_file`` existing: loaded (fold ``config.fold`` of a k-fold
+    file, else its only split).  Otherwise made — k-fold when ``config.fold``
+    is set (``n_folds``, ``val_fraction`` carved from training), else
+    train/val/test — with ``config.seed``, and saved to ``split_file`` if given.
+    """
+    fold = config.fold
+    path = Path(config.split_file) if config.split_file else None
+    if path is not None and path.exists():
+        splits = load_splits(path)
+        if fold is None:
+            if len(splits) != 1:
+                raise SplitError(f"split file holds {len(splits)} folds; choose one with fold=", path)
+            return splits[0]
+        match = [s for s in splits if s.fold == fold]
+        if not match:
+            raise SplitError(f"split file has no fold {fold} (folds: {[s.fold for s in splits]})", path)
+        return match[0]
+    if fold is not None:
+        folds = kfold_splits(samples, int(config.n_folds), int(config.seed), val_fraction=float(config.val_fraction),
+                             root=root)
+        if not 0 <= fold < len(folds):
+            raise SplitError(f"fold must be in 0..{len(folds) - 1}, got {fold}")
+        if path is not None:
+            save_splits(path, folds, root=root)
+        return folds[fold]
+    split = train_val_test_split(samples, float(config.val_fraction), float(config.test_fraction), int(config.seed),
+                                 root=root)
+    if path is not None:
+        save_splits(path, split, root=root)
+    return split
