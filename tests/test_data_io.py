@@ -198,3 +198,17 @@ def test_read_region_matches_full_level(tmp_path):
     s = tmp_path / "striped.tif"
     tifffile.imwrite(s, slide, photometric="rgb", rowsperstrip=16)
     np.testing.assert_array_equal(read_region(s, (5, 33, 40, 20), 0), slide[33:53, 5:45])
+
+
+def test_pyramid_as_separate_reduced_pages(tmp_path):
+    """Real PANDA files store levels as top-level pages flagged reduced-resolution (no SubIFDs)."""
+    rng = np.random.default_rng(2)
+    slide = rng.integers(0, 256, (128, 96, 3), dtype=np.uint8)
+    p = tmp_path / "panda_like.tiff"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(slide, tile=(32, 32), photometric="rgb")
+        tw.write(slide[::4, ::4], tile=(16, 16), photometric="rgb", subfiletype=1)
+        tw.write(slide[::16, ::16], tile=(16, 16), photometric="rgb", subfiletype=1)
+    assert tiff_levels(p) == [(128, 96), (32, 24), (8, 6)]
+    np.testing.assert_array_equal(read_region(p, (4, 8, 16, 16), 1), slide[::4, ::4][8:24, 4:20])
+    np.testing.assert_array_equal(read_image(p), slide)  # reduced pages are not extra "pages"
