@@ -36,6 +36,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         help="where <name>.json is written (default benchmarks/results; env MTUNET_BENCH_RESULTS)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the target ratios use: wall-clock or process CPU time (both are always recorded; "
+        "cpu is robust on an overloaded shared machine with --threads 1)",
+    )
     return p
 
 
@@ -110,6 +117,7 @@ def interleaved(
     log: bool = True,
     budget_s: float | None = None,
     max_repeats: int | None = None,
+    cpu_out: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Time each variant ``repeats`` times, interleaved, rotating the order every round.
 
@@ -119,6 +127,10 @@ def interleaved(
     At least ``repeats`` rounds run; with ``budget_s`` more rounds follow
     (up to ``max_repeats``) while the timed rounds have taken less than
     ``budget_s`` seconds (cheap variants get more rounds on noisy machines).
+    Returns wall-clock times; ``cpu_out`` (a dict) receives the process CPU
+    time of each call as well (``time.process_time``: all threads of this
+    process, not the time it waited for a core -- robust on an overloaded
+    shared machine when torch runs one thread; it excludes child processes).
     """
     names = list(variants)
     for _ in range(warmup):
@@ -134,11 +146,14 @@ def interleaved(
             break
         order = names[r % len(names):] + names[: r % len(names)]
         for n in order:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             variants[n]()
             if sync:
                 sync()
             times[n].append(time.perf_counter() - t0)
+            if cpu_out is not None:
+                cpu_out.setdefault(n, []).append(time.process_time() - c0)
         if log:
             print(
                 f"  round {r + 1}: " + ", ".join(f"{n}={times[n][-1]:.3f}s" for n in names),

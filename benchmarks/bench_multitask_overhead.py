@@ -70,7 +70,7 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int, modes: list[str],
-                  budget_s: float | None = None) -> dict:
+                  budget_s: float | None = None, clock: str = "wall") -> dict:
     torch.manual_seed(0)
     models = {
         task: build_model(ModelConfig(encoder_name=encoder, encoder_weights=None, task=task, num_classes=3))
@@ -112,9 +112,20 @@ def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int
 
             steps[task] = step
         print(f"[{encoder}] train step, {size}^2 batch {batch}, loss {loss_name}", flush=True)
-        t = C.interleaved(steps, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15)
-        t["seg+cls"] = [a + b for a, b in zip(t["seg"], t["cls"])]
+        wall: dict = {}
+        cpu: dict = {}
+        wall.update(C.interleaved(steps, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15, cpu_out=cpu))
+        for d in (wall, cpu):
+            d["seg+cls"] = [a + b for a, b in zip(d["seg"], d["cls"])]
+        t = cpu if clock == "cpu" else wall
         res["train"] = {
+            "clock": clock,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "wall_ratio_both_vs_seg": C.ratio_summary(wall, "both", "seg")["median"],
+            "wall_ratio_both_vs_seg_plus_cls": C.ratio_summary(wall, "both", "seg+cls")["median"],
+            "cpu_ratio_both_vs_seg": C.ratio_summary(cpu, "both", "seg")["median"],
+            "cpu_ratio_both_vs_seg_plus_cls": C.ratio_summary(cpu, "both", "seg+cls")["median"],
             "loss": loss_name,
             "times_s": t,
             "median_s": {k: C.median(v) for k, v in t.items()},
@@ -134,9 +145,20 @@ def bench_encoder(encoder: str, size: int, batch: int, repeats: int, warmup: int
 
             fwd[task] = f
         print(f"[{encoder}] inference forward, {size}^2 batch {batch}", flush=True)
-        t = C.interleaved(fwd, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15)
-        t["seg+cls"] = [a + b for a, b in zip(t["seg"], t["cls"])]
+        wall: dict = {}
+        cpu: dict = {}
+        wall.update(C.interleaved(fwd, repeats, warmup=warmup, budget_s=budget_s, max_repeats=15, cpu_out=cpu))
+        for d in (wall, cpu):
+            d["seg+cls"] = [a + b for a, b in zip(d["seg"], d["cls"])]
+        t = cpu if clock == "cpu" else wall
         res["infer"] = {
+            "clock": clock,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "wall_ratio_both_vs_seg": C.ratio_summary(wall, "both", "seg")["median"],
+            "wall_ratio_both_vs_seg_plus_cls": C.ratio_summary(wall, "both", "seg+cls")["median"],
+            "cpu_ratio_both_vs_seg": C.ratio_summary(cpu, "both", "seg")["median"],
+            "cpu_ratio_both_vs_seg_plus_cls": C.ratio_summary(cpu, "both", "seg+cls")["median"],
             "times_s": t,
             "median_s": {k: C.median(v) for k, v in t.items()},
             "images_per_s": {k: batch / C.median(v) for k, v in t.items()},
@@ -165,7 +187,7 @@ def main() -> None:
     started = time.time()
     modes = [m for m in args.modes.split(",") if m]
     results = [
-        bench_encoder(e, args.size, args.batch, args.repeats, args.warmup, modes, args.budget_s or None) for e in args.encoders.split(",") if e
+        bench_encoder(e, args.size, args.batch, args.repeats, args.warmup, modes, args.budget_s or None, args.clock) for e in args.encoders.split(",") if e
     ]
 
     rows, targets = [], []
@@ -180,7 +202,7 @@ def main() -> None:
             )
             targets.append(C.target_check(f"{r['encoder']} {mode}: both/seg", r1, 1.05))
             targets.append(C.target_check(f"{r['encoder']} {mode}: both/(seg+cls)", r2, 0.60))
-    print(f"\n{args.size}^2, batch {args.batch}, >= {args.repeats} interleaved rounds, medians (s); ratios = median of paired ratios")
+    print(f"\n{args.size}^2, batch {args.batch}, >= {args.repeats} interleaved rounds, medians ({args.clock} s); ratios = median of paired ratios")
     C.print_table(
         ["encoder", "mode", "both_s", "seg_s", "cls_s", "seg+cls_s", "both/seg", "both/(seg+cls)", "FLOPs both/(seg+cls)"],
         rows,
@@ -191,7 +213,7 @@ def main() -> None:
         args,
         {
             "config": {"size": args.size, "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
-                       "budget_s": args.budget_s,
+                       "budget_s": args.budget_s, "clock": args.clock,
                        "modes": modes, "optimizer": "Adam(lr=1e-3)", "num_classes": 3},
             "results": results,
             "targets": targets,

@@ -32,7 +32,8 @@ from napari_mtunet.model import build_model
 NAME = "predictor_overhead"
 
 
-def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: int, inner: int) -> dict:
+def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: int, inner: int,
+          layout: str = "channels_last") -> dict:
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(encoder_name=encoder, encoder_weights=None, class_names=["benign", "malignant", "normal"]),
@@ -42,7 +43,10 @@ def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: in
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (image_side, image_side, 3), dtype=np.uint8)
     side = train_size if mode == "resize" else image_side
+    # prepared as the Predictor feeds it (channels_last); --bare-layout nchw shows what that layout costs
     x = torch.rand(1, 3, side, side)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def run_predict():
         for _ in range(inner):
@@ -67,6 +71,7 @@ def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: in
         "mode": mode,
         "image": [image_side, image_side, 3],
         "network_input": list(x.shape),
+        "bare_layout": layout,
         "inner": inner,
         "times_s": t,
         "median_ms_per_call": {k: 1000 * C.median(v) / inner for k, v in t.items()},
@@ -81,6 +86,7 @@ def main() -> None:
     p.add_argument("--image", type=int, default=512, help="image side")
     p.add_argument("--train-size", type=int, default=256, help="the model's training image_size (resize mode)")
     p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--bare-layout", choices=("channels_last", "nchw"), default="channels_last")
     p.add_argument("--inner", type=int, default=0, help="calls per timed unit (0: adaptive, ~0.3 s per unit)")
     args = p.parse_args()
     if args.quick:
@@ -92,7 +98,7 @@ def main() -> None:
     results = []
     for enc in [e for e in args.encoders.split(",") if e]:
         for mode in [m for m in args.modes.split(",") if m]:
-            results.append(bench(enc, mode, args.image, args.train_size, args.repeats, args.inner))
+            results.append(bench(enc, mode, args.image, args.train_size, args.repeats, args.inner, args.bare_layout))
     rows, targets = [], []
     for r in results:
         ms = r["median_ms_per_call"]

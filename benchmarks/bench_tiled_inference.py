@@ -15,7 +15,7 @@ Predictor up on a small image, resets the kernel's peak-RSS counter
 
 Throughput: the same process then times the bare network forward over the
 same tiles (same number of batches of the same shapes, tensors prepared in
-advance), interleaved with further predict calls when ``--repeats`` > 1.
+advance in the layout the Predictor feeds: channels_last), interleaved with further predict calls when ``--repeats`` > 1.
 Target: bare_time / predict_time >= 0.85.
 
     python benchmarks/bench_tiled_inference.py
@@ -107,7 +107,7 @@ def child(args) -> None:
 
         # bare forward over the same tiles: same batches per row, prepared tensors
         per_row = [min(args.batch, len(xs) - s) for s in range(0, len(xs), args.batch)]
-        shapes = {b: torch.rand(b, 3, th, tw) for b in set(per_row)}
+        shapes = {b: torch.rand(b, 3, th, tw).contiguous(memory_format=torch.channels_last) for b in set(per_row)}
 
         def bare():
             with torch.inference_mode():
