@@ -252,6 +252,59 @@ def start_worker(
     return create_worker(func, *args, _connect=connect, _start_thread=True, **kwargs)
 
 
+#: Modules whose first import holds the GIL for up to a few hundred ms at a time
+#: (C-extension initialisation: torchvision, scikit-learn, scikit-image, smp).
+WARM_MODULES = (
+    "torch",
+    "napari_mtunet.model",
+    "napari_mtunet.checkpoint",
+    "napari_mtunet.data",
+    "napari_mtunet.training",
+    "napari_mtunet.training.data_bridge",
+    "napari_mtunet.inference",
+    "napari_mtunet.explain",
+    "sklearn.model_selection",
+    "sklearn.metrics",
+    "skimage.io",
+    "skimage.transform",
+    "torchvision.transforms.v2",
+)
+_WARM: dict[str, Any] = {"worker": None, "done": False}
+
+
+def warm_up() -> Any:
+    """Import the heavy scientific stack once, in a background thread, when a widget opens.
+
+    The first import of these modules cannot release the GIL, so doing it
+    lazily at "Start"/"Predict" would freeze napari for a moment in the
+    middle of the work; doing it when the widget appears keeps training and
+    prediction smooth.  Returns the worker (None once done).
+    """
+    if _WARM["done"] or _WARM["worker"] is not None:
+        return _WARM["worker"]
+    from napari.qt.threading import create_worker
+
+    def run() -> None:
+        import importlib
+
+        for name in WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - a missing optional module is reported where it is used
+                pass
+
+    def done(*_: Any) -> None:
+        _WARM["done"] = True
+        _WARM["worker"] = None
+
+    _WARM["worker"] = create_worker(run, _connect={"finished": done, "errored": lambda e: None}, _start_thread=True)
+    return _WARM["worker"]
+
+
+def warm_up_done() -> bool:
+    return bool(_WARM["done"])
+
+
 def cpu_threads_for_background() -> int:
     """Leave one core to the user interface when computing on the CPU."""
     return max(1, (os.cpu_count() or 2) - 1)

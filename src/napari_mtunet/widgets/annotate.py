@@ -39,6 +39,7 @@ from ._common import (
     notify_info,
     start_worker,
     state_for,
+    warm_up,
 )
 from .predict import META_KEY, layer_array
 
@@ -151,6 +152,7 @@ class AnnotateWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
+        warm_up()  # heavy imports now, in the background, not in the middle of the work
         self.worker = None
         self.cancel_token = None
         self.added: list[AddedSample] = []

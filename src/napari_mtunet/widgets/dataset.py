@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DataConfig
-from ._common import PathEdit, combo, error_message, notify_error, notify_info, start_worker, state_for
+from ._common import PathEdit, combo, error_message, notify_error, notify_info, start_worker, state_for, warm_up
 
 
 def load_job(root: str, layout: str, strict: bool) -> Any:
@@ -60,6 +60,7 @@ class DatasetWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
+        warm_up()  # heavy imports now, in the background, not in the middle of the work
         self.worker = None
         self.report: Any = None
         self.last_error: str | None = None

@@ -41,6 +41,7 @@ from ._common import (
     notify_info,
     start_worker,
     state_for,
+    warm_up,
 )
 
 META_KEY = "mtunet"
@@ -291,6 +292,7 @@ class PredictWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
+        warm_up()  # heavy imports now, in the background, not in the middle of the work
         self.cache = PredictorCache()
         self.worker = None
         self.last_result: dict[str, Any] | None = None

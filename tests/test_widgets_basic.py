@@ -1,0 +1,98 @@
+"""Every widget builds in a (proxied) viewer; Dataset widget; Grad-CAM layer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    from napari_mtunet.widgets import _common, dataset, predict
+
+    seen: list[str] = []
+    for mod in (_common, dataset, predict):
+        monkeypatch.setattr(mod, "notify_error", seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["Dataset", "Train", "Predict", "Annotate & fine-tune"])
+def test_each_widget_docks_through_the_plugin(make_napari_viewer_proxy, name):
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-mtunet", name)
+    assert widget is not None and dock is not None
+
+
+def test_widgets_direct_construction(make_napari_viewer):
+    from napari_mtunet.widgets import AnnotateWidget, DatasetWidget, PredictWidget, TrainWidget
+
+    viewer = make_napari_viewer()
+    for cls in (DatasetWidget, TrainWidget, PredictWidget, AnnotateWidget):
+        w = cls(viewer)
+        viewer.window.add_dock_widget(w, name=cls.__name__)
+    t = TrainWidget(viewer)
+    assert t.device.itemText(0) == "auto" and "cpu" in [t.device.itemText(i) for i in range(t.device.count())]
+    assert t.w_seg.value() == 5.0 and t.w_cls.value() == 1.0  # paper default 5:1
+
+
+def test_dataset_widget_load_preview_and_split(make_napari_viewer, qtbot, tmp_path, errors):
+    from napari_mtunet.sample_data import write_phantom_dataset
+    from napari_mtunet.widgets import DatasetWidget, TrainWidget
+
+    root = write_phantom_dataset(tmp_path / "ph", n=9, size=64, seed=1)
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    train = TrainWidget(viewer)
+    w.root.value = str(root)
+    w.load()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert errors == [], errors
+    assert "samples: 9" in w.summary.toPlainText()
+    assert w.problems.count() >= 1 and "broken.png" in " ".join(w.problems.item(i).text() for i in range(w.problems.count()))
+    w.n_preview.setValue(6)
+    w.preview()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert viewer.layers["ph images"].data.shape == (6, 256, 256)
+    assert len(viewer.layers["ph masks"].metadata["mtunet"]["classes"]) == 6
+    w.val_fraction.setValue(0.2)
+    w.seed.setValue(4)
+    w.use_for_training()
+    assert train.data_root.value == str(root)
+    assert train.val_fraction.value() == pytest.approx(0.2) and train.seed.value() == 4
+    # errors: a folder that is not a dataset
+    w.root.value = str(tmp_path)
+    w.strict.setChecked(True)
+    w.load()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert errors and "Cannot load" in errors[-1]
+    assert w.load_button.isEnabled()
+
+
+def test_gradcam_layer_is_additive_and_aligned(make_napari_viewer, qtbot, tmp_path, errors):
+    import torch
+
+    from napari_mtunet.checkpoint import save_checkpoint
+    from napari_mtunet.config import ModelConfig, Preprocessing
+    from napari_mtunet.model import build_model
+    from napari_mtunet.widgets import PredictWidget
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder_weights=None, num_classes=2), Preprocessing(image_size=64))
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", model)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((90, 70)).astype(np.float32), name="x", scale=(0.5, 2.0))
+    w = PredictWidget(viewer)
+    w.set_checkpoint(ckpt)
+    w.gradcam.setChecked(True)
+    w.predict()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    assert errors == [], errors
+    cam = viewer.layers["x [Grad-CAM]"]
+    assert cam.data.shape == (90, 70) and cam.blending == "additive"
+    assert 0.0 <= cam.data.min() and cam.data.max() <= 1.0
+    assert tuple(cam.scale) == (0.5, 2.0) and tuple(viewer.layers["x [mtunet]"].scale) == (0.5, 2.0)
