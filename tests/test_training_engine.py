@@ -83,7 +83,7 @@ def test_class_weights_from_training_split(data):
 def test_early_stopping(data):
     train, val = data
     # lr 0 -> nothing ever improves after the first epoch
-    cfg = tcfg(epochs=10, early_stopping_patience=2, lr=1e-12)
+    cfg = tcfg(epochs=10, early_stopping_patience=2, lr=1e-12, bn_recalibration_batches=0)
     t = Trainer(mcfg(task="cls"), cfg, train, val, preprocessing=PRE)
     res = t.fit()
     assert res.reason == "early_stopping"

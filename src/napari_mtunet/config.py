@@ -224,8 +224,15 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     deterministic: bool = False
+    #: After each epoch, re-estimate BatchNorm statistics on up to this many
+    #: training batches (precise BN; 0 = off).  Short runs from scratch
+    #: otherwise validate with running statistics that lag far behind the
+    #: weights (e.g. a classifier that predicts one class in eval mode).
+    bn_recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
+        if int(self.bn_recalibration_batches) < 0:
+            raise ConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
         if int(self.epochs) < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if int(self.batch_size) < 1:

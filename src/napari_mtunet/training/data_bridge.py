@@ -216,8 +216,10 @@ class SampleDataset(Dataset):
         *,
         augment: AugmentConfig | None = None,
         cache: bool = True,
+        store: dict | None = None,
     ):
         self.samples = list(samples)
+        self._store = store  # optional cache shared between datasets, keyed by (sample id, size)
         self.class_names = list(class_names)
         self.image_size = int(image_size)
         self.augment = augment if (augment is not None and augment.enabled) else None
@@ -230,6 +232,10 @@ class SampleDataset(Dataset):
 
     def _decode(self, i: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
         if i in self._cache:
+            return self._cache[i]
+        key = (self.samples[i].id, self.image_size)
+        if self._store is not None and key in self._store:
+            self._cache[i] = self._store[key]
             return self._cache[i]
         from torch.nn import functional as F
 
@@ -249,6 +255,8 @@ class SampleDataset(Dataset):
         out = (img.contiguous(), m, mask is not None)
         if self.cache:
             self._cache[i] = out
+        if self._store is not None:
+            self._store[key] = out
         return out
 
     def __getitem__(self, i: int) -> dict:
@@ -292,22 +300,12 @@ def make_dataset(
     *,
     augment: AugmentConfig | None = None,
     cache: bool = True,
+    store: dict | None = None,
 ) -> SampleDataset:
     idx = range(len(loaded.samples)) if indices is None else indices
-    return SampleDataset([loaded.samples[int(i)] for i in idx], loaded.class_names, image_size, augment=augment, cache=cache)
-
-
-def shared_cache(datasets: Sequence[SampleDataset]) -> None:
-    """Let datasets over the same samples share one decode cache (k-fold runs)."""
-    by_id: dict[str, tuple] = {}
-    for ds in datasets:
-        for i, s in enumerate(ds.samples):
-            if i in ds._cache:
-                by_id.setdefault(s.id, ds._cache[i])
-    for ds in datasets:
-        for i, s in enumerate(ds.samples):
-            if s.id in by_id:
-                ds._cache[i] = by_id[s.id]
+    return SampleDataset(
+        [loaded.samples[int(i)] for i in idx], loaded.class_names, image_size, augment=augment, cache=cache, store=store
+    )
 
 
 def subsample(seq_len: int, n: int | None) -> list[int]:

@@ -217,6 +217,58 @@ def run_validation(
     return res
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    max_batches: int,
+    *,
+    skip: nn.Module | None = None,
+    channels_last: bool = False,
+) -> int:
+    """Precise BN: replace running statistics by their average over ``max_batches`` training batches.
+
+    BatchNorm layers inside ``skip`` (a frozen encoder) are left alone.
+    Returns the number of batches used.
+    """
+    skipped = {id(m) for m in skip.modules()} if skip is not None else set()
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and id(m) not in skipped
+    ]
+    if not bns or max_batches <= 0:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in bns]
+    saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    model.train()
+    if skip is not None:
+        skip.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    n = 0
+    for batch in loader:
+        if n >= max_batches:
+            break
+        x = batch["image"].to(device)
+        if len(x) < 2:
+            continue
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model(x)
+        n += 1
+    for m, mom, (mean, var) in zip(bns, momenta, saved):
+        m.momentum = mom
+        if n == 0:
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+    model.train(was_training)
+    return n
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -638,6 +690,15 @@ class Trainer:
                 train["train_seg_loss"] = sums["seg"] / counts["seg"]
             if counts["cls"]:
                 train["train_cls_loss"] = sums["cls"] / counts["cls"]
+            if cfg.bn_recalibration_batches:
+                recalibrate_batchnorm(
+                    self.model,
+                    loader,
+                    self.device,
+                    int(cfg.bn_recalibration_batches),
+                    skip=self.model.encoder if self.freeze_encoder else None,
+                    channels_last=self.channels_last,
+                )
             self._sync_buffers()
             val: dict[str, float] = {}
             if self.val_loader is not None:
