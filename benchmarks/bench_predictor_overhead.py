@@ -33,7 +33,7 @@ NAME = "predictor_overhead"
 
 
 def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: int, inner: int,
-          layout: str = "channels_last") -> dict:
+          layout: str = "channels_last", clock: str = "wall") -> dict:
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(encoder_name=encoder, encoder_weights=None, class_names=["benign", "malignant", "normal"]),
@@ -64,7 +64,9 @@ def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: in
         run_bare()
         inner = max(1, min(10, round(0.3 / max(time.perf_counter() - t0, 1e-3))))
     print(f"[{encoder} {mode}] predict on {image_side}^2 vs bare forward on {tuple(x.shape)} x{inner}", flush=True)
-    t = C.interleaved({"predict": run_predict, "bare": run_bare}, repeats, warmup=1, log=False)
+    cpu: dict = {}
+    wall = C.interleaved({"predict": run_predict, "bare": run_bare}, repeats, warmup=1, log=False, cpu_out=cpu)
+    t = cpu if clock == "cpu" else wall
     r = C.ratio_summary(t, "predict", "bare")
     return {
         "encoder": encoder,
@@ -73,7 +75,12 @@ def bench(encoder: str, mode: str, image_side: int, train_size: int, repeats: in
         "network_input": list(x.shape),
         "bare_layout": layout,
         "inner": inner,
+        "clock": clock,
         "times_s": t,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "wall_ratio": C.ratio_summary(wall, "predict", "bare")["median"],
+        "cpu_ratio": C.ratio_summary(cpu, "predict", "bare")["median"],
         "median_ms_per_call": {k: 1000 * C.median(v) / inner for k, v in t.items()},
         "ratio_predict_vs_bare": r,
     }
@@ -98,7 +105,7 @@ def main() -> None:
     results = []
     for enc in [e for e in args.encoders.split(",") if e]:
         for mode in [m for m in args.modes.split(",") if m]:
-            results.append(bench(enc, mode, args.image, args.train_size, args.repeats, args.inner, args.bare_layout))
+            results.append(bench(enc, mode, args.image, args.train_size, args.repeats, args.inner, args.bare_layout, args.clock))
     rows, targets = [], []
     for r in results:
         ms = r["median_ms_per_call"]
@@ -106,7 +113,7 @@ def main() -> None:
         rows.append([r["encoder"], r["mode"], "x".join(map(str, r["network_input"][2:])), ms["predict"], ms["bare"],
                      ms["predict"] - ms["bare"], ratio])
         targets.append(C.target_check(f"{r['encoder']} {r['mode']}: predict/bare", ratio, 1.15))
-    print(f"\nimage {args.image}^2 uint8 RGB, {args.repeats} interleaved rounds x {args.inner} calls, medians")
+    print(f"\nimage {args.image}^2 uint8 RGB, {args.repeats} interleaved rounds, medians of {args.clock} time")
     C.print_table(["encoder", "mode", "net input", "predict_ms", "bare_ms", "overhead_ms", "predict/bare"], rows)
     C.print_targets(targets)
     C.write_result(
