@@ -184,8 +184,12 @@ class Predictor:
         """(B,3,H,W) float in [0,1] on device -> (seg probabilities (B,K,H,W), class probabilities (B,C))."""
         if batch.device.type == "cpu":
             # channels_last: ~30% less CPU time per forward than NCHW for the mobilenet_v2 UNet (oneDNN;
-            # docs/benchmarks.md); a no-op for the permuted (H, W, C) numpy views, which already are.
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            # docs/benchmarks.md).  Checked by strides, not is_contiguous(): a (1, C, H, W) view whose
+            # batch stride is not C*H*W passes is_contiguous(channels_last) yet convolutions treat it
+            # as NCHW.
+            n, c, h, w = batch.shape
+            if batch.stride() != (c * h * w, 1, w * c, c):
+                batch = batch.clone(memory_format=torch.channels_last)
         out = self.model(batch)
         seg = cls = None
         if out.seg is not None:
@@ -224,7 +228,8 @@ class Predictor:
         )
 
     def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).to(self.device)
+        # (1, H, W, 3) -> (1, 3, H, W) view with proper channels_last strides (see _forward)
+        return torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).to(self.device)
 
     def _squeeze_seg(self, seg: torch.Tensor) -> np.ndarray:
         arr = seg.float().cpu().numpy()
