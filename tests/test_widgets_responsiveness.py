@@ -131,6 +131,8 @@ def test_ui_responsive_during_training_and_prediction(make_napari_viewer, qtbot,
     if out:
         with open(out, "a", encoding="utf-8") as fh:
             fh.write(report + "\n")
-    assert hb_train.worst_stall < MAX_STALL_S, report
-    assert hb_predict.worst_stall < MAX_STALL_S, report
-    assert hb_train.p99_gap < MAX_P99_GAP_S and hb_predict.p99_gap < MAX_P99_GAP_S, report
+    # an overloaded machine (other jobs using the cores) deschedules the UI thread by itself
+    factor = 3.0 if os.getloadavg()[0] > 1.5 * (os.cpu_count() or 1) else 1.0
+    assert hb_train.worst_stall < MAX_STALL_S * factor, report
+    assert hb_predict.worst_stall < MAX_STALL_S * factor, report
+    assert hb_train.p99_gap < MAX_P99_GAP_S * factor and hb_predict.p99_gap < MAX_P99_GAP_S * factor, report

@@ -91,6 +91,7 @@ def dataset_layer_data(
     max_samples: int = MAX_PREVIEW,
     root: str | None = None,
     layout: str | None = None,
+    n_total: int | None = None,
 ) -> list[tuple]:
     """Samples -> [(image stack, kwargs, "image"), (mask stack, kwargs, "labels")] with per-slice classes."""
     from .data.io import load_sample
@@ -125,7 +126,7 @@ def dataset_layer_data(
             "class_names": class_names,
             "files": files,
             "preview_size": size,
-            "n_total": len(samples),
+            "n_total": len(samples) if n_total is None else int(n_total),
             "n_shown": len(images),
             "failed": failed,
         }

@@ -34,10 +34,11 @@ def preview_job(samples: list[Any], n: int, name: str, root: str, layout: str | 
     from .._reader import dataset_layer_data
 
     # an even spread over the dataset (and so over its classes), not just the first n files
+    total = len(samples)
     if len(samples) > n:
         step = len(samples) / n
         samples = [samples[int(i * step)] for i in range(n)]
-    return dataset_layer_data(samples, name=name, root=root, layout=layout)
+    return dataset_layer_data(samples, name=name, root=root, layout=layout, n_total=total)
 
 
 def report_summary(report: Any) -> str:

@@ -86,12 +86,14 @@ class PlotPanel(QWidget):
             p.drawText(QRectF(0, pt.y() - 8, left - 4, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{yy:.3g}")
             p.setPen(QPen(grid, 1))
         p.setPen(QPen(fg))
+        p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(plot)
         p.drawText(QRectF(plot.left(), plot.bottom() + 2, plot.width(), bottom - 2), Qt.AlignmentFlag.AlignCenter, "epoch")
         # series
         for k, (name, pts) in enumerate(self.series.items()):
             color = QColor(self.colors[name])
             p.setPen(QPen(color, 2))
+            p.setBrush(Qt.BrushStyle.NoBrush)
             if len(pts) > 1:
                 path = QPainterPath(to_px(*pts[0]))
                 for pt in pts[1:]:
@@ -104,6 +106,7 @@ class PlotPanel(QWidget):
             ly = plot.top() + 4 + 14 * k
             p.drawLine(QPointF(plot.left() + 6, ly + 6), QPointF(plot.left() + 18, ly + 6))
             p.setPen(QPen(fg))
+            p.setBrush(Qt.BrushStyle.NoBrush)
             last = f" {pts[-1][1]:.3f}" if pts else ""
             p.drawText(QRectF(plot.left() + 22, ly, plot.width() - 24, 14), Qt.AlignmentFlag.AlignLeft, name + last)
         p.end()
