@@ -189,7 +189,7 @@ class _OOMAfter:
         self.real = model.forward
 
     def __call__(self, x):
-        if self.model.training:
+        if self.model.training and torch.is_grad_enabled():  # optimisation steps only (not BN recalibration)
             self.calls += 1
             if self.calls >= self.n:
                 raise torch.OutOfMemoryError(
