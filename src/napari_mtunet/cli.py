@@ -6,6 +6,7 @@
     mtunet predict CKPT INPUT... --out DIR
     mtunet demo [--out DIR]
     mtunet experiment DATASET --preset paper --out DIR [--epochs --image-size --max-samples --folds --encoders]
+    global option: mtunet --threads N COMMAND ...
     mtunet fetch-weights ENCODER --out FILE
 
 Distributed training: ``torchrun --nproc_per_node=N -m napari_mtunet.cli train ...``.
@@ -178,9 +179,9 @@ def cmd_train(args) -> int:
             raise CLIError(f"{out} already holds checkpoints; choose another --out or pass --resume {out}/last.safetensors")
         out.mkdir(parents=True, exist_ok=True)
         (out / "splits.json").write_text(
-            json.dumps({k: [loaded.samples[i].id for i in v] for k, v in splits.items()}, indent=1)
+            json.dumps({k: [loaded.key(loaded.samples[i]) for i in v] for k, v in splits.items()}, indent=1)
         )
-    _say(loaded.summary().splitlines()[0])
+    _say(loaded.headline())
     _say(f"split: train {len(train_ds)}, val {len(val_ds or [])}, test {len(test_ds or [])}")
     tcfg = _train_config(args)
     trainer = Trainer(
@@ -412,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtunet", description="Multi-task UNet: joint classification and segmentation of medical images."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (1 is often fastest on a busy or small CPU)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="summarise a dataset folder and list its problems")
@@ -521,6 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(max(1, args.threads))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mtunet: interrupted", file=sys.stderr)

@@ -133,10 +133,10 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
             )
     settings_file.write_text(json.dumps({"settings": asdict(settings), "fingerprint": settings.fingerprint()}, indent=1))
     loaded = load_data(settings.dataset, settings.layout, max_samples=settings.max_samples, seed=settings.seed)
-    log(loaded.summary().splitlines()[0])
-    folds = kfold_indices(loaded, settings.folds, settings.seed)
+    log(loaded.headline())
+    folds = kfold_indices(loaded, settings.folds, settings.seed, val_fraction=settings.val_fraction)
     (out / "folds.json").write_text(
-        json.dumps([{"train": [loaded.samples[i].id for i in tr], "test": [loaded.samples[i].id for i in te]} for tr, te in folds])
+        json.dumps([{part: [loaded.key(loaded.samples[i]) for i in f[part]] for part in f} for f in folds], indent=0)
     )
     store: dict = {}
     runs = plan_runs(settings)
@@ -147,7 +147,7 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
             log(f"[{i}/{len(runs)}] {spec.key}: done already")
             continue
         log(f"[{i}/{len(runs)}] {spec.key}: training ({time.perf_counter() - t0:.0f}s elapsed)")
-        res = _run_one(spec, settings, loaded, folds[spec.fold], run_dir, store)
+        res = _run_one(spec, settings, loaded, folds[spec.fold], run_dir, store, log)
         log(
             f"[{i}/{len(runs)}] {spec.key}: "
             + ", ".join(f"{k}={res['metrics'][k]:.3f}" for k in ("accuracy", "dice") if res["metrics"].get(k) is not None)
@@ -156,17 +156,29 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
     return write_report(out, settings, loaded, log=log)
 
 
-def _run_one(spec: RunSpec, settings: ExperimentSettings, loaded, fold, run_dir: Path, store: dict) -> dict:
+class _EpochLogger:
+    def __init__(self, key: str, log: Callable[[str], None]):
+        self.key, self.log = key, log
+
+    def on_epoch_end(self, ev) -> None:
+        vals = {**ev.train, **ev.val}
+        shown = " ".join(f"{k}={vals[k]:.3f}" for k in ("train_loss", "val_loss", "val_dice", "val_balanced_accuracy") if k in vals)
+        self.log(f"    {self.key} epoch {ev.epoch}/{ev.epochs} {shown} ({ev.elapsed_s:.0f}s)")
+
+
+def _run_one(
+    spec: RunSpec, settings: ExperimentSettings, loaded, fold, run_dir: Path, store: dict,
+    log: Callable[[str], None] = print,
+) -> dict:
     from .checkpoint import load_checkpoint
     from .config import AugmentConfig, ModelConfig, Preprocessing, TrainConfig
-    from .training.data_bridge import holdout_indices, make_dataset
+    from .training.data_bridge import make_dataset
     from .training.engine import Trainer
     from .training.evaluate import predict_dataset, report_from_predictions
     from .training.metrics import dice_iou_per_image
 
     t0 = time.perf_counter()
-    train_idx, test_idx = fold
-    tr_idx, val_idx = holdout_indices(loaded, train_idx, settings.val_fraction, settings.seed + 1 + spec.fold)
+    tr_idx, val_idx, test_idx = fold["train"], fold["val"], fold["test"]
     size = settings.image_size
     aug = AugmentConfig(enabled=settings.augment)
     train_ds = make_dataset(loaded, tr_idx, size, augment=aug, store=store)
@@ -201,6 +213,7 @@ def _run_one(spec: RunSpec, settings: ExperimentSettings, loaded, fold, run_dir:
         out_dir=run_dir,
         resume_from=last if last.is_file() else None,
         extra_training_metadata={"experiment": {"run": spec.key, **asdict(spec)}},
+        callbacks=[_EpochLogger(spec.key, log)],
     )
     fit = trainer.fit()
     model, _ = load_checkpoint(fit.best_checkpoint)
@@ -403,9 +416,10 @@ def _ci(mv) -> str:
 def _markdown(out, settings, loaded, results, summary, tests, pooled, figs) -> str:
     L: list[str] = []
     L.append("# mtunet experiment report\n")
-    L.append(f"Dataset: `{settings.dataset}` — {loaded.summary().splitlines()[0]}  ")
+    L.append(f"Dataset: `{settings.dataset}` — {loaded.headline()}  ")
     L.append(f"Classes: {', '.join(loaded.class_names)}; {settings.folds}-fold cross-validation "
-             "(stratified by class, grouped by patient/duplicate cluster), 15% of each training part held out "
+             "(stratified by class, grouped by patient and near-duplicate cluster), ~15% of the data (grouped, "
+             "stratified) carved from each fold's training part and held out "
              "for early stopping / best-checkpoint selection (monitor: validation loss).  ")
     L.append(f"Budget: image size {settings.image_size}, {settings.epochs} epochs max (patience {settings.patience}), "
              f"batch {settings.batch_size}, Adam lr {settings.lr}, encoder weights `{settings.encoder_weights}`, "
@@ -533,8 +547,10 @@ def _figures(out: Path, settings, loaded, results, pooled) -> list[tuple[str, st
             try:
                 figs += _examples(out, enc, ckpt, loaded)
             except Exception as exc:  # a figure must not sink the report
-                figs.append((f"(example figure failed: {exc})", ""))
-    return [f for f in figs if f[1]]
+                import warnings
+
+                warnings.warn(f"example/Grad-CAM figure for {enc} failed: {exc}", stacklevel=1)
+    return figs
 
 
 def _examples(out: Path, enc: str, ckpt: Path, loaded) -> list[tuple[str, str]]:
@@ -546,7 +562,7 @@ def _examples(out: Path, enc: str, ckpt: Path, loaded) -> list[tuple[str, str]]:
     from .training.data_bridge import make_dataset
 
     folds = json.loads((out / "folds.json").read_text())
-    ids = {s.id: i for i, s in enumerate(loaded.samples)}
+    ids = {loaded.key(s): i for i, s in enumerate(loaded.samples)}
     test_idx = [ids[s] for s in folds[0]["test"] if s in ids]
     # a few of each class
     per_class: dict[int, list[int]] = {}

@@ -59,7 +59,7 @@ def grad_cam(
     if x.ndim != 4 or x.shape[1] != 3:
         raise GradCAMError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
     device = next(model.parameters()).device
-    x = x.to(device)
+    x = x.to(device).detach().clone()
     layer = _resolve_layer(model, target_layer)
     store: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,117 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_mtunet.cli import main, unique_path
+from napari_mtunet.sample_data import write_phantom_dataset
+
+FAST = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--encoder-weights", "none",
+        "--n-boot", "20", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_phantom_dataset(tmp_path_factory.mktemp("ph") / "data", n=24, size=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["train", str(dataset), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_info(dataset, capsys):
+    assert main(["info", str(dataset)]) == 0
+    text = capsys.readouterr().out
+    assert "benign" in text and "24" in text
+
+
+def test_train_outputs(trained, capsys):
+    assert (trained / "best.safetensors").is_file() and (trained / "last.safetensors").is_file()
+    assert set(json.loads((trained / "splits.json").read_text())) == {"train", "val", "test"}
+    rep = json.loads((trained / "test_report.json").read_text())
+    assert rep["classification"]["accuracy"]["n"] >= 1 and rep["segmentation"]["dice"]["ci_low"] is not None
+
+
+def test_train_refuses_existing_run(trained, dataset, capsys):
+    assert main(["train", str(dataset), "--out", str(trained), *FAST]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtunet: error:") and "already holds checkpoints" in err[0]
+
+
+def test_evaluate(trained, dataset, capsys, tmp_path):
+    js = tmp_path / "r.json"
+    assert main(["evaluate", str(trained / "best.safetensors"), str(dataset), "--n-boot", "20",
+                 "--device", "cpu", "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "split 'test'" in out and "95% CI" in out and "Dice" in out
+    assert json.loads(js.read_text())["split"] == "test"
+    assert main(["evaluate", str(trained / "best.safetensors"), str(dataset), "--split", "all", "--n-boot", "0",
+                 "--device", "cpu"]) == 0
+    assert "(24 images)" in capsys.readouterr().out
+
+
+def test_predict_never_overwrites(trained, dataset, tmp_path, capsys):
+    out = tmp_path / "pred"
+    out.mkdir()
+    mine = out / "phantom_0000_mask.png"
+    Image.fromarray(np.full((8, 8), 7, np.uint8)).save(mine)
+    (out / "predictions.csv").write_text("user data\n")
+    imgs = sorted((dataset / "images").iterdir())[:2]
+    assert main(["predict", str(trained / "best.safetensors"), *map(str, imgs), "--out", str(out), "--device", "cpu"]) == 0
+    assert np.asarray(Image.open(mine)).max() == 7  # untouched
+    assert (out / "predictions.csv").read_text() == "user data\n"
+    new = out / "phantom_0000_mask-1.png"
+    assert new.is_file() and np.asarray(Image.open(new)).shape == (64, 64)
+    rows = (out / "predictions-1.csv").read_text().splitlines()
+    assert rows[0].startswith("image,mask_file,class,p_benign") and len(rows) == 3
+    # folder input + TIFF
+    assert main(["predict", str(trained / "best.safetensors"), str(dataset / "images"), "--out", str(tmp_path / "p2"),
+                 "--format", "tiff", "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "p2").glob("*_mask.tif"))) == 24
+
+
+def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert main(["info", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtunet: error:")
+    assert main(["evaluate", str(tmp_path / "nope.safetensors"), str(tmp_path)]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["fetch-weights", "mobilenet_v2", "--out", str(tmp_path / "w.safetensors")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("offline" in err[0] or "cannot be reached" in err[0])
+
+
+def test_unique_path(tmp_path):
+    p = tmp_path / "a.png"
+    assert unique_path(p) == p
+    p.write_text("x")
+    assert unique_path(p) == tmp_path / "a-1.png"
+
+
+def test_module_entry_point_runs():
+    r = subprocess.run([sys.executable, "-m", "napari_mtunet", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "experiment" in r.stdout and "demo" in r.stdout
+
+
+def test_ddp_two_gloo_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_mtunet.cli", "train", str(dataset), "--out", str(out), *FAST, "--epochs", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    from napari_mtunet.checkpoint import read_metadata
+
+    meta = read_metadata(out / "last.safetensors")
+    assert meta["training"]["world_size"] == 2 and meta["training"]["epoch"] == 2
+    assert r.stdout.count("outputs in") == 1  # only rank 0 reports
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
