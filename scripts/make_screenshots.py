@@ -118,7 +118,7 @@ def main() -> None:
     # 3. Predict on real BUSI images --------------------------------------------
     pw = PredictWidget(viewer)
     dock = viewer.window.add_dock_widget(pw, name="Predict", area="right")
-    name = os.environ.get("MTUNET_SHOT_IMAGE", "malignant (11).png")
+    name = os.environ.get("MTUNET_SHOT_IMAGE", "malignant (1).png")
     img_path = busi / name.split(" (")[0] / name
     image = read_image(img_path)
     viewer.add_image(image, name=img_path.stem, rgb=image.ndim == 3)
@@ -141,10 +141,15 @@ def main() -> None:
     slices = []
     from skimage.transform import resize
 
+    from napari_mtunet.data import load_dataset, load_sample
+
+    by_name = {s.image.name: s for s in load_dataset(busi, duplicates=False).samples}
+    truth = []
     for n in stack_names:
-        arr = read_image(busi / n.split(" (")[0] / n)
+        arr, mask = load_sample(by_name[n])
         arr = arr[..., 0] if arr.ndim == 3 else arr
         slices.append((resize(arr, (360, 480), preserve_range=True, anti_aliasing=True)).astype(np.uint8))
+        truth.append(resize(mask.astype(float), (360, 480), order=0) > 0.5)
     viewer.add_image(np.stack(slices), name="BUSI stack")
     pw.image_layer.setCurrentText("BUSI stack")
     pw.gradcam.setChecked(False)
@@ -164,6 +169,8 @@ def main() -> None:
     aw.dataset_root.value = str(work / "my_annotations")
     aw.checkpoint.value = str(best)
     aw.all_slices.setChecked(True)
+    # the user corrects the predicted masks with the paint/erase tools (here: the expert masks)
+    viewer.layers["BUSI stack [mtunet]"].data = np.stack(truth).astype(np.uint8)
     for i, n in enumerate(stack_names):  # the true classes, as a user would set them
         viewer.dims.set_current_step(0, i)
         aw.class_choice.setCurrentText(n.split(" (")[0])
@@ -180,7 +187,8 @@ def main() -> None:
     print("child checkpoint:", aw.child_checkpoint, "metrics:", aw.metrics)
     pw2.close()
     viewer.close()
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("MTUNET_SHOT_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
