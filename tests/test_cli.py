@@ -115,3 +115,15 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
     assert meta["training"]["world_size"] == 2 and meta["training"]["epoch"] == 2
     assert r.stdout.count("outputs in") == 1  # only rank 0 reports
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+
+
+def test_finetune_command(trained, dataset, tmp_path, capsys):
+    from napari_mtunet.checkpoint import load_checkpoint
+
+    out = tmp_path / "ft"
+    assert main(["finetune", str(trained / "best.safetensors"), str(dataset), "--out", str(out), "--epochs", "1",
+                 "--freeze-encoder", "--replay", str(dataset), "--replay-size", "4", "--device", "cpu", "--quiet"]) == 0
+    _, info = load_checkpoint(out / "best.safetensors")
+    _, parent = load_checkpoint(trained / "best.safetensors")
+    assert info.parent.startswith(parent.content_hash)
+    assert info.training["finetune"]["n_replay"] == 4

@@ -210,6 +210,44 @@ def cmd_train(args) -> int:
     return 0 if res.reason != "cancelled" else EXIT_ERROR
 
 
+def cmd_finetune(args) -> int:
+    from .checkpoint import read_metadata
+    from .config import AugmentConfig, DataConfig, TrainConfig
+    from .training import finetune
+    from .training.data_bridge import load_data, make_dataset, train_val_test
+
+    meta = read_metadata(args.checkpoint)
+    class_names = list(meta["class_names"])
+    size = int(meta["preprocessing"]["image_size"])
+    loaded = load_data(args.dataset, args.layout, class_names=class_names)
+    loaded.class_names = class_names
+    dcfg = DataConfig(root=str(loaded.root), layout=args.layout, val_fraction=args.val_fraction, test_fraction=0.0,
+                      seed=args.seed, augment=AugmentConfig(enabled=not args.no_augment))
+    splits = train_val_test(loaded, dcfg) if args.val_fraction > 0 else {"train": None, "val": []}
+    train_ds = make_dataset(loaded, splits["train"], size, augment=dcfg.augment)
+    val_ds = make_dataset(loaded, splits["val"], size) if len(splits["val"]) else None
+    replay = None
+    if args.replay:
+        rl = load_data(args.replay, "auto", class_names=class_names)
+        rl.class_names = class_names
+        replay = make_dataset(rl, None, size, augment=dcfg.augment)
+    stored = (meta.get("training") or {}).get("train_config")
+    tcfg = TrainConfig.from_dict(stored) if stored else TrainConfig()
+    tcfg.epochs, tcfg.lr, tcfg.device, tcfg.seed = args.epochs, args.lr, args.device, args.seed
+    tcfg.batch_size = args.batch_size
+    tcfg.early_stopping_patience = None if args.patience <= 0 else args.patience
+    if val_ds is None:
+        tcfg.monitor = "train_loss"
+    out = Path(args.out)
+    if out.exists() and any(out.glob("*.safetensors")):
+        raise CLIError(f"{out} already holds checkpoints; choose another --out")
+    res = finetune(args.checkpoint, train_ds, val_ds, train_config=tcfg, out_dir=out,
+                   freeze_encoder=args.freeze_encoder, replay=replay, replay_size=args.replay_size,
+                   callbacks=[ProgressPrinter(not args.quiet)], data_config=dcfg)
+    print(f"fine-tuned checkpoint: {res.best_checkpoint} (parent {Path(args.checkpoint).name})")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
     from .config import DataConfig
@@ -442,6 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="continue training a checkpoint on new samples (records its parent)")
+    p.add_argument("checkpoint")
+    p.add_argument("dataset", help="the new samples (any layout)")
+    p.add_argument("--out", required=True)
+    _add_data_args(p)
+    p.add_argument("--freeze-encoder", action="store_true")
+    p.add_argument("--replay", default=None, help="the original training dataset, mixed in (replay)")
+    p.add_argument("--replay-size", type=int, default=None, help="how many replay images (default: all)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--patience", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset (metrics with 95%% CIs)")
     p.add_argument("checkpoint")
