@@ -151,9 +151,9 @@ def main() -> None:
         if not args.quick:
             C.write_result(NAME, args, payload, started)
             return
-        print("--quick: dry run of every variant's code path on the CPU at 64^2, batch 2 (timings meaningless)")
+        print("--quick: dry run of every variant's code path on the CPU at 32^2, batch 2 (timings meaningless)")
         device = torch.device("cpu")
-        args.size, args.batch, args.steps, args.repeats = 64, 2, 1, 1
+        args.size, args.batch, args.steps, args.repeats = 32, 2, 1, 1
         if args.encoders == p.get_default("encoders"):
             args.encoders = "mobilenet_v2"
     else:

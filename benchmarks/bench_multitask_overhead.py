@@ -180,7 +180,7 @@ def main() -> None:
     p.add_argument("--modes", default="train,infer")
     args = p.parse_args()
     if args.quick:
-        args.size, args.batch, args.repeats, args.warmup, args.budget_s = 64, 2, 2, 1, 0
+        args.size, args.batch, args.repeats, args.warmup, args.budget_s = 32, 2, 1, 1, 0
         if args.encoders == p.get_default("encoders"):
             args.encoders = "mobilenet_v2"
     C.apply_threads(args.threads)

@@ -175,7 +175,9 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.phantom_n, args.image_size, args.epochs, args.batch = 24, 64, 1, 8
-        args.predict_size, args.tiled_size, args.idle_s = 128, 256, 0.5
+        args.predict_size, args.idle_s = 128, 0.3
+        if args.tiled_size == p.get_default("tiled_size"):
+            args.tiled_size = 256
     C.apply_threads(args.threads)
     started = time.time()
 

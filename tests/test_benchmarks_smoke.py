@@ -71,12 +71,13 @@ def test_predictor_overhead(tmp_path, monkeypatch):
 def test_tiled_inference(tmp_path, monkeypatch):
     doc = run_script("tiled_inference", tmp_path, monkeypatch)
     sizes = [r["size"] for r in doc["results"]]
-    assert sizes == [256, 512]
+    assert sizes == [128, 192]
     for r in doc["results"]:
         assert r["tiles"] >= 1
         assert r["outputs_mb"] == pytest.approx(r["size"] ** 2 * 5 / 2**20)  # uint8 mask + float32 probability
         assert r["peak_rss_mb"] > 0 and r["throughput_ratio"] > 0
-    assert len(doc["targets"]) == 4
+        assert r["largest_forward_batch"] == min(r["batch_size"], r["tiles_per_row"])
+    assert len(doc["targets"]) == 5  # peak, spread (all sizes), spread (full batches), 2 x throughput
 
 
 def test_gpu(tmp_path, monkeypatch, capsys):
