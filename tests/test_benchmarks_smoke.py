@@ -118,3 +118,11 @@ def test_napari_responsiveness(tmp_path, monkeypatch):
     for v in phases.values():
         assert v["worst_stall_ms"] >= 0 and v["ticks"] >= 1
     assert {t["name"].split(":")[0] for t in doc["targets"]} == {"train", "predict"}
+
+
+def test_cpu_channels_last(tmp_path, monkeypatch):
+    doc = run_script("cpu_channels_last", tmp_path, monkeypatch)
+    (res,) = doc["results"]
+    for mode in ("train", "infer"):
+        assert set(res[mode]["median_s"]) == {"nchw", "channels_last"}
+        assert res[mode]["ratio_channels_last_vs_nchw"]["median"] > 0
