@@ -300,9 +300,6 @@ def test_bad_files_through_the_predictor(corpus, predictor, tmp_path):
         assert p.mask.shape == img.shape[:2] and np.isfinite(p.probability).all()
 
 
-@pytest.mark.xfail(strict=True, reason="data/io.py check_file: a symlink loop / dangling link is reported as "
-                   "'image file does not exist' (Path.exists() is False); it should say it is a broken "
-                   "symbolic link or a link loop")
 def test_symlink_loop_is_named_as_such(tmp_path):
     loop = tmp_path / "loop.png"
     os.symlink(loop.name, loop)
@@ -311,11 +308,6 @@ def test_symlink_loop_is_named_as_such(tmp_path):
     assert re.search("(?i)symbolic link|symlink|link loop", ei.value.detail), ei.value.detail  # not the path
 
 
-@pytest.mark.xfail(strict=True, reason="data/layouts/__init__.py: detection tries 'busi' before 'generic', and "
-                   "busi.detect accepts any folder holding a '<x>_mask.<ext>' file next to other images, so a generic "
-                   "dataset (images/ + masks/ + labels.csv) with an image named e.g. 'rgb_mask.png' is read as BUSI "
-                   "with a class called 'images'; busi.detect should return False when generic.detect(root) is "
-                   "True (labels.csv or masks/ next to images/)")
 def test_generic_dataset_with_mask_like_image_name_stays_generic(tmp_path):
     root = _generic(tmp_path)
     _png(root / "images" / "scan_mask.png", np.zeros((H, W), np.uint8))
@@ -451,9 +443,6 @@ def test_rle_overrunning_the_image(tmp_path):
         load_dataset(root, strict=True, duplicates=False)
 
 
-@pytest.mark.xfail(strict=True, reason="data/io.py decode_sample_mask calls rle_decode(code, shape) without "
-                   "where=..., so load_sample (the training loader's path) raises a DataError that does not "
-                   "name the image; pass where=sample.id")
 def test_rle_error_from_load_sample_names_the_image(tmp_path):
     from napari_mtunet.data import Sample
 

@@ -86,6 +86,15 @@ def check_file(path: str | Path, *, what: str = "file") -> Path:
     """Raise a specific :class:`DataError` if ``path`` is missing, a folder, empty or unreadable."""
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+                detail = "is a broken symbolic link"
+            except RuntimeError:
+                detail = "is a symbolic link loop"
+            except OSError as exc:
+                detail = "is a symbolic link loop" if "loop" in str(exc).lower() else "is a broken symbolic link"
+            raise MissingFileError(f"{what} {detail}", p)
         raise MissingFileError(f"{what} does not exist", p)
     if p.is_dir():
         raise UnsupportedFormatError(f"expected a {what}, found a folder", p)
@@ -566,7 +575,7 @@ def decode_sample_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray | N
 
         out = np.zeros(shape, dtype=np.uint8)
         for code in sample.rle:
-            out |= rle_decode(code, shape)
+            out |= rle_decode(code, shape, where=str(sample.image))
         return out
     if sample.mask_is_empty:
         return np.zeros(shape, dtype=np.uint8)

@@ -31,7 +31,13 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def detect(root: Path) -> bool:
-    """Class folders holding images and ``<stem>_mask[_k].<ext>`` files next to them."""
+    """Class folders holding images and ``<stem>_mask[_k].<ext>`` files next to them.
+
+    A generic dataset (``images/`` beside ``masks/`` or ``labels.csv``) is never BUSI,
+    even when one of its images happens to be named ``*_mask.png``.
+    """
+    if (root / "images").is_dir() and ((root / "masks").is_dir() or (root / "labels.csv").is_file()):
+        return False
     return len(_class_dirs(root)) >= 1
 
 
