@@ -114,13 +114,6 @@ def test_kill_at_arbitrary_moments_of_many_appends(tmp_path, kill_after):
     _check_consistent(root, appended)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/writer.py file_lock: a writer killed while holding labels.csv.lock leaves the lock behind; it only "
-    "counts as stale after LOCK_STALE_SECONDS=60 s, longer than the default lock_timeout=10 s, so every "
-    "'Add to training set' fails for a minute after a crash. Break the lock when the PID written in it is "
-    "not alive on this host (os.kill(pid, 0) -> ProcessLookupError)",
-)
 def test_appending_works_right_after_a_crash_inside_the_lock(tmp_path):
     root = tmp_path / "ds"
     _kill_when(_start(root, "hang_in_csv"), lambda l: l.startswith("KILL-ME"))

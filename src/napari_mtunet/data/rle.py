@@ -39,9 +39,16 @@ def rle_decode(code: str, shape: tuple[int, int], *, where: str | None = None) -
     if is_empty_rle(code):
         return flat.reshape(w, h).T.copy()
     try:
-        nums = np.asarray([int(v) for v in str(code).split()], dtype=np.int64)
+        values = [int(v) for v in str(code).split()]
     except ValueError as exc:
         raise DataError(f"RLE string contains a non-integer token ({exc})", where, kind="bad_rle") from exc
+    if any(v > h * w for v in values):
+        raise DataError(
+            f"RLE string has an offset or run length larger than the image ({h * w} pixels, {w}x{h})",
+            where,
+            kind="bad_rle",
+        )
+    nums = np.asarray(values, dtype=np.int64)
     if nums.size % 2:
         raise DataError(f"RLE string has an odd number of values ({nums.size})", where, kind="bad_rle")
     starts, lengths = nums[0::2], nums[1::2]

@@ -163,7 +163,9 @@ def _sgkf_first_fold(idx: np.ndarray, y: np.ndarray, groups: np.ndarray, n_split
     """Indices (into idx) of the first held-out fold of a seeded StratifiedGroupKFold."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_splits = max(2, min(n_splits, len(set(groups[idx]))))
+    # sklearn refuses more folds than the largest class has members; fewer folds = a larger held-out part
+    largest_class = int(np.unique(y[idx], return_counts=True)[1].max()) if len(idx) else 0
+    n_splits = max(2, min(n_splits, len(set(groups[idx])), largest_class))
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 import re
 import tempfile
 import time
@@ -32,9 +33,30 @@ from .samples import Sample
 LOCK_STALE_SECONDS = 60.0
 
 
+def _lock_owner_is_dead(lock_path: Path) -> bool:
+    """True when the lock was written on this host by a process that no longer exists."""
+    try:
+        pid_text, _, host = lock_path.read_text().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return False
+    if host.strip() != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @contextmanager
 def file_lock(lock_path: Path, timeout: float = 10.0) -> Iterator[None]:
-    """Exclusive lock by atomic creation of ``lock_path``; stale locks (> 60 s) are broken."""
+    """Exclusive lock by atomic creation of ``lock_path``.
+
+    A lock is broken when its writer (pid + host recorded in it) is dead, or when it is stale (> 60 s).
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -42,7 +64,7 @@ def file_lock(lock_path: Path, timeout: float = 10.0) -> Iterator[None]:
             break
         except FileExistsError:
             try:
-                if time.time() - lock_path.stat().st_mtime > LOCK_STALE_SECONDS:
+                if time.time() - lock_path.stat().st_mtime > LOCK_STALE_SECONDS or _lock_owner_is_dead(lock_path):
                     lock_path.unlink(missing_ok=True)
                     continue
             except FileNotFoundError:
@@ -53,7 +75,7 @@ def file_lock(lock_path: Path, timeout: float = 10.0) -> Iterator[None]:
                                 kind="locked") from None
             time.sleep(0.02)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         os.close(fd)
         yield
     finally:
