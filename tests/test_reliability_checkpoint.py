@@ -298,13 +298,6 @@ def test_real_write_failure_keeps_previous_checkpoint(tmp_path, tiny_model):
     assert info.metrics == {"v": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.py cmd_evaluate: DataConfig.from_dict(info.training['data_config']) keeps the checkpoint's "
-    "split_file, and data.splits.split_for_config SAVES the split there when that file does not exist (mkdir "
-    "parents included): a checkpoint names where `mtunet evaluate` writes. Set dcfg.split_file = None unless "
-    "that file exists (read-only use), or take it only from a command-line option",
-)
 def test_cli_evaluate_never_writes_where_checkpoint_metadata_points(tmp_path):
     import sys as _sys
 

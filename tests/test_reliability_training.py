@@ -198,11 +198,6 @@ class _OOMAfter:
         return self.real(x)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training/engine.py Trainer.iter_fit re-raises torch.OutOfMemoryError as is: no advice "
-    "(smaller batch/image size) in the error or the Failed event, and device.empty_cache is never called",
-)
 def test_out_of_memory_ends_cleanly_with_advice_and_keeps_best(tmp_path, monkeypatch):
     import napari_mtunet.device as device_mod
 

@@ -271,6 +271,10 @@ def cmd_evaluate(args) -> int:
         if not stored:
             raise CLIError(f"{args.checkpoint} records no data split; use --split all")
         dcfg = DataConfig.from_dict(stored)
+        if dcfg.split_file and not Path(dcfg.split_file).is_file():
+            # A checkpoint must never decide where evaluation writes: re-derive the split
+            # (same seed, same grouping) in memory instead of saving it at a recorded path.
+            dcfg.split_file = None
         if dcfg.max_samples:
             loaded = load_data(args.dataset, args.layout, max_samples=dcfg.max_samples, seed=dcfg.seed)
             loaded.class_names = list(info.class_names)

@@ -140,6 +140,11 @@ def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, An
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+
+
 def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
@@ -420,13 +425,35 @@ class Trainer:
                     dispatch(ev, self.callbacks)
                     yield ev
         except Exception as exc:
+            if _is_out_of_memory(exc):
+                exc = self._out_of_memory_error(exc)
             ev = Failed(message=str(exc) or type(exc).__name__, error_type=type(exc).__name__, epoch=self._epoch)
             if self.is_main:
                 dispatch(ev, self.callbacks)
                 yield ev
+            if isinstance(exc, TrainingError) and exc.__cause__ is not None:
+                raise exc from exc.__cause__
             raise
         finally:
             self._cleanup()
+
+    def _out_of_memory_error(self, exc: BaseException) -> TrainingError:
+        """Free what the failed step held and explain what to change."""
+        import gc
+
+        from .. import device as device_mod
+
+        self.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        device_mod.empty_cache(self.device)
+        best = f" The best checkpoint so far is kept in {self.out_dir}." if self.out_dir is not None else ""
+        err = TrainingError(
+            f"out of memory on {self.device} in epoch {self._epoch} ({str(exc).splitlines()[0][:200]}). "
+            f"Reduce the batch size (now {self.config.batch_size}) or the image size, or train on a device "
+            f"with more memory.{best}"
+        )
+        err.__cause__ = exc
+        return err
 
     # ------------------------------------------------------------------ internals
 
