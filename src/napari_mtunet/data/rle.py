@@ -44,7 +44,7 @@ def rle_decode(code: str, shape: tuple[int, int], *, where: str | None = None) -
         raise DataError(f"RLE string contains a non-integer token ({exc})", where, kind="bad_rle") from exc
     if any(v > h * w for v in values):
         raise DataError(
-            f"RLE string has an offset or run length larger than the image ({h * w} pixels, {w}x{h})",
+            f"RLE string has an offset or run length of {max(values)}, but the image has only {h * w} pixels ({w}x{h})",
             where,
             kind="bad_rle",
         )
