@@ -127,6 +127,14 @@ def test_predict_rgb_all_layers_and_folder(make_napari_viewer, qtbot, tiny_check
     assert [r["filename"] for r in rows] == ["img0.png", "img1.png", "img2.png"]
     assert all(r["class"] in CLASSES for r in rows)
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["img0.png", "img1.png", "img2.png"]
+    # a second run into the same folder never overwrites the first run's results
+    first_csv = (tmp_path / "out" / "predictions.csv").read_text()
+    w.predict_folder()
+    wait_idle(qtbot, w)
+    assert errors == []
+    assert (tmp_path / "out" / "predictions.csv").read_text() == first_csv
+    assert len(list(csv.DictReader(open(tmp_path / "out" / "predictions-1.csv")))) == 3
+    assert len(list((tmp_path / "out" / "masks").iterdir())) == 6
 
 
 def test_predict_errors_notify_and_widget_stays_usable(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path, errors):

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .paths import unique_path
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
@@ -43,19 +45,6 @@ def _rank() -> int:
 def _say(*args: Any) -> None:
     if _rank() == 0:
         print(*args, flush=True)
-
-
-def unique_path(path: Path) -> Path:
-    """``path`` if free, else ``stem-1.ext``, ``stem-2.ext`` ... (never overwrite user files)."""
-    if not path.exists():
-        return path
-    suffix = "".join(path.suffixes) if path.name.count(".") <= 2 else path.suffix
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    for i in range(1, 100000):
-        cand = path.with_name(f"{stem}-{i}{suffix}")
-        if not cand.exists():
-            return cand
-    raise CLIError(f"{path}: cannot find a free file name")
 
 
 class ProgressPrinter:

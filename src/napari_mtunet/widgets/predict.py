@@ -187,6 +187,7 @@ def predict_folder_job(cache: PredictorCache, params: dict[str, Any], in_dir: st
     from skimage.io import imsave
 
     from ..data.io import is_image_file
+    from ..paths import unique_path
 
     src = Path(in_dir)
     if not src.is_dir():
@@ -211,21 +212,20 @@ def predict_folder_job(cache: PredictorCache, params: dict[str, Any], in_dir: st
                 yield i + 1, len(files)
                 continue
             if pred.mask is not None:
-                imsave(out / "masks" / f"{f.stem}.png", (pred.mask > 0).astype(np.uint8) * 255, check_contrast=False)
+                target = unique_path(out / "masks" / f"{f.stem}.png")  # never overwrite earlier results
+                imsave(target, (pred.mask > 0).astype(np.uint8) * 255, check_contrast=False)
             row = {"filename": f.name, "class": pred.class_name or ""}
             if pred.class_probabilities is not None:
                 row.update({f"p_{n}": f"{float(p):.4f}" for n, p in zip(pred.class_names, pred.class_probabilities)})
             row["lesion_fraction"] = "" if pred.mask is None else f"{float((pred.mask > 0).mean()):.5f}"
             rows.append(row)
             yield i + 1, len(files)
-    csv_path = out / "predictions.csv"
+    csv_path = unique_path(out / "predictions.csv")
     fields = list(dict.fromkeys(k for r in rows for k in r)) or ["filename", "class"]
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with open(csv_path, "x", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, csv_path)
     return {"csv": str(csv_path), "n": len(rows), "failures": failures}
 
 
