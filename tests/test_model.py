@@ -108,8 +108,13 @@ def test_local_weights_mismatch_lists_keys(tmp_path):
     vgg = build_model(ModelConfig(encoder_name="vgg16", encoder_weights=None, task="cls"))
     f = tmp_path / "vgg.safetensors"
     save_file({k: v.contiguous() for k, v in vgg.encoder.state_dict().items()}, str(f))
-    with pytest.raises(EncoderWeightsError, match=r"missing \d+ key"):
+    with pytest.raises(EncoderWeightsError, match=r"vgg.safetensors: no tensor name matches the MobileNetV2Encoder"):
         build_model(ModelConfig(encoder_name="mobilenet_v2", encoder_weights=str(f)))
+    # names that overlap but are incomplete are listed key by key
+    partial = {k: v.contiguous() for k, v in list(build_model(ModelConfig(encoder_weights=None, task="cls")).encoder.state_dict().items())[:-3]}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(EncoderWeightsError, match=r"missing 3 key"):
+        build_model(ModelConfig(encoder_name="mobilenet_v2", encoder_weights=str(tmp_path / "partial.safetensors")))
     with pytest.raises(EncoderWeightsError, match="not found"):
         build_model(ModelConfig(encoder_weights=str(tmp_path / "nope.safetensors")))
 

@@ -16,7 +16,7 @@ Task = Literal["both", "seg", "cls"]
 TASKS: tuple[str, ...] = ("both", "seg", "cls")
 
 #: The encoders documented and tested by the project; any smp encoder name works.
-DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16")
+DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16", "timm-tf_efficientnet_lite0")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -59,8 +59,11 @@ class Preprocessing:
     #: False: the model was trained on native-resolution patches (PANDA) and
     #: prediction runs tiled at native resolution.
     resize: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    #: Input normalisation; None = the encoder's pretraining statistics
+    #: (:func:`napari_mtunet.encoders.pretrained_normalization`), resolved when
+    #: the model is built and stored in the checkpoint.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if int(self.image_size) < 32 or int(self.image_size) % 32:
@@ -68,6 +71,10 @@ class Preprocessing:
                 f"image_size must be a multiple of 32 and >= 32 (UNet downsamples 5x), got {self.image_size}"
             )
         self.image_size = int(self.image_size)
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("give both mean and std, or neither (the encoder's own)")
+        if self.mean is None:
+            return
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError("mean and std must have three values (RGB)")
         if any(s <= 0 for s in self.std):
@@ -75,9 +82,23 @@ class Preprocessing:
         self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
 
+    @property
+    def resolved(self) -> bool:
+        return self.mean is not None
+
+    def for_encoder(self, encoder_name: str) -> Preprocessing:
+        """A copy whose unset mean/std are the encoder's pretraining statistics."""
+        if self.resolved:
+            return dataclasses.replace(self)
+        from .encoders import pretrained_normalization
+
+        mean, std = pretrained_normalization(encoder_name)
+        return dataclasses.replace(self, mean=tuple(mean), std=tuple(std))
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.mean is not None:
+            d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
     @classmethod

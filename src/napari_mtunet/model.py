@@ -20,20 +20,21 @@ carries its own normalisation.
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from .config import ModelConfig, Preprocessing
-
-
-class EncoderWeightsError(RuntimeError):
-    """Pretrained encoder weights could not be obtained or do not fit the encoder."""
+from .encoders import (  # noqa: F401 - re-exported: the model's public weight-loading API
+    EncoderWeightsError,
+    hub_reachable,
+    imagenet_weights_file,
+    load_encoder_weights,
+    load_pretrained,
+    offline_help,
+    read_state_dict,
+)
 
 
 class ModelOutput(NamedTuple):
@@ -51,7 +52,7 @@ class MultiTaskUNet(nn.Module):
         import segmentation_models_pytorch as smp
 
         self.config = config
-        self.preprocessing = preprocessing or Preprocessing()
+        self.preprocessing = (preprocessing or Preprocessing()).for_encoder(config.encoder_name)
         aux = None
         if config.task in ("both", "cls"):
             aux = {"classes": int(config.num_classes), "dropout": float(config.dropout) or None}
@@ -103,159 +104,35 @@ class MultiTaskUNet(nn.Module):
 # --------------------------------------------------------------------------- weights
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
-    """Map keys such as ``module.encoder.features.0.weight`` onto the encoder's own names."""
-    if set(state) & expected:
-        return state
-    for prefix in ("module.encoder.", "encoder.", "module.", "model.", "backbone."):
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if stripped and set(stripped) & expected:
-            return stripped
-    return state
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a weights file without unpickling arbitrary objects (.safetensors or .pth/.pt)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise EncoderWeightsError(f"encoder weights file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(p), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types
-            raise EncoderWeightsError(f"{p}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise EncoderWeightsError(
-            f"{p}: cannot read as a tensor state dict with weights_only=True ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}). Save it with torch.save(model.state_dict()) "
-            "or as .safetensors."
-        ) from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise EncoderWeightsError(f"{p}: expected a dict of tensors (a state dict)")
-    return obj
-
-
-def load_encoder_weights(encoder: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load a state dict into an encoder, explaining every missing/unexpected/mis-shaped key."""
-    own = encoder.state_dict()
-    state = _strip_prefixes(state, set(own))
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shapes = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs encoder {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    )
-    # Classifier layers of a full ImageNet model are legitimately unused by the encoder.
-    unexpected = [k for k in unexpected if not k.startswith(("classifier.", "fc.", "head."))]
-    if missing or bad_shapes:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
-
-        parts = [f"{source}: weights do not match the {type(encoder).__name__} encoder"]
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {show(unexpected)}")
-        if bad_shapes:
-            parts.append(f"wrong shapes: {show(bad_shapes)}")
-        raise EncoderWeightsError("; ".join(parts))
-    encoder.load_state_dict({k: state[k] for k in own}, strict=True)
-
-
-OFFLINE_HELP = (
-    "To train without internet access, download the encoder weights once on a connected machine "
-    "(e.g. `mtunet fetch-weights {name} --out {name}.safetensors`) and pass the file as "
-    "encoder weights (`--encoder-weights /path/{name}.safetensors`, or 'local file' in napari); "
-    "or use encoder weights 'none' to train from scratch."
-)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    parsed = urlparse(endpoint)
-    host = parsed.hostname or "huggingface.co"
-    port = parsed.port or (443 if parsed.scheme != "http" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def imagenet_weights_file(encoder_name: str) -> str:
-    """Path of the encoder's ImageNet weights through smp's own hub location (cache first).
-
-    Raises :class:`EncoderWeightsError` within a few seconds when the weights
-    are neither cached nor downloadable.
-    """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    from segmentation_models_pytorch.encoders import encoders as smp_encoders
-
-    if encoder_name not in smp_encoders:
-        raise EncoderWeightsError(f"unknown smp encoder {encoder_name!r}")
-    settings = smp_encoders[encoder_name]["pretrained_settings"].get("imagenet")
-    if settings is None:
-        raise EncoderWeightsError(
-            f"encoder {encoder_name!r} has no 'imagenet' weights in segmentation-models-pytorch; "
-            f"available: {sorted(smp_encoders[encoder_name]['pretrained_settings'])}"
-        )
-    repo_id, revision = settings["repo_id"], settings["revision"]
-    cached = try_to_load_from_cache(repo_id, "model.safetensors", revision=revision)
-    if isinstance(cached, str) and os.path.isfile(cached):
-        return cached
-    if not _hub_reachable():
-        raise EncoderWeightsError(
-            f"ImageNet weights for {encoder_name!r} are not cached and the model hub cannot be reached "
-            f"(offline?). " + OFFLINE_HELP.format(name=encoder_name)
-        )
-    try:
-        return hf_hub_download(repo_id, filename="model.safetensors", revision=revision)
-    except Exception as exc:
-        raise EncoderWeightsError(
-            f"downloading ImageNet weights for {encoder_name!r} failed ({type(exc).__name__}). "
-            + OFFLINE_HELP.format(name=encoder_name)
-        ) from None
-
-
 def build_model(config: ModelConfig, preprocessing: Preprocessing | None = None) -> MultiTaskUNet:
     """Build the network and load its encoder weights as ``config.encoder_weights`` says.
 
-    ``None``: random init.  ``"imagenet"``: smp's pretrained weights (from the
-    local hub cache, else downloaded; fails fast offline).  Any other string:
-    a local ``.safetensors``/``.pth`` state dict for the encoder.
+    ``None``: random init.  ``"imagenet"``: the encoder's ImageNet weights, from
+    a package that ships them (``timm-tf_efficientnet_lite0``), else smp's hub
+    copy (local cache first, download otherwise; fails fast offline).  Any
+    other string: a local ``.safetensors``/``.pth`` state dict, matched by name
+    or, for another naming of the same architecture, by order and shape.
+    ``model.weights_provenance`` records where the weights came from.
     """
     model = MultiTaskUNet(config, preprocessing)
     weights = config.encoder_weights
+    model.weights_provenance = {"weights": None}
     if weights is None:
         return model
-    if weights == "imagenet":
-        if config.encoder_name.startswith("tu-"):
-            if not _hub_reachable():
-                raise EncoderWeightsError(
-                    f"timm weights for {config.encoder_name!r} need the model hub, which cannot be reached. "
-                    + OFFLINE_HELP.format(name=config.encoder_name)
-                )
-            import segmentation_models_pytorch as smp
-
-            model.encoder = smp.encoders.get_encoder(
-                config.encoder_name, depth=int(config.encoder_depth), weights="imagenet"
+    if weights == "imagenet" and config.encoder_name.startswith("tu-"):
+        if not hub_reachable():
+            raise EncoderWeightsError(
+                f"timm weights for {config.encoder_name!r} need the model hub, which cannot be reached. "
+                + offline_help(config.encoder_name)
             )
-            return model
-        path = imagenet_weights_file(config.encoder_name)
-        from safetensors.torch import load_file
+        import segmentation_models_pytorch as smp
 
-        load_encoder_weights(model.encoder, load_file(path, device="cpu"), source=f"imagenet ({path})")
+        model.encoder = smp.encoders.get_encoder(
+            config.encoder_name, depth=int(config.encoder_depth), weights="imagenet"
+        )
+        model.weights_provenance = {"weights": "imagenet", "source": "timm hub"}
         return model
-    load_encoder_weights(model.encoder, read_state_dict(weights), source=str(weights))
+    model.weights_provenance = load_pretrained(model.encoder, config.encoder_name, weights)
     return model
 
 
