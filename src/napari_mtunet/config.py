@@ -238,7 +238,11 @@ class TrainConfig:
     class_weights: str | None = "balanced"  # sklearn's "balanced" or None
     early_stopping_patience: int | None = 10
     monitor: str = "val_loss"
-    lr_schedule: str | None = None  # None, "plateau" or "cosine"
+    lr_schedule: str | None = None  # None, "plateau" or "cosine" (per step, to 0 at the end)
+    #: The encoder's learning rate is ``lr * encoder_lr_scale`` (< 1 keeps pretrained features).
+    encoder_lr_scale: float = 1.0
+    #: Linear learning-rate warm-up over this many epochs (fractions allowed).
+    warmup_epochs: float = 0.0
     grad_clip: float | None = None
     seed: int = 0
     device: str = "auto"
@@ -266,6 +270,10 @@ class TrainConfig:
             raise ConfigError(f"seg_loss must be 'bce' or 'dice_bce', got {self.seg_loss!r}")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
+        if not 0.0 <= float(self.encoder_lr_scale) <= 10.0:
+            raise ConfigError(f"encoder_lr_scale must be in [0, 10], got {self.encoder_lr_scale}")
+        if not 0.0 <= float(self.warmup_epochs) < float(self.epochs) + 1e-9 and float(self.warmup_epochs) != 0.0:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.lr_schedule not in (None, "plateau", "cosine"):
             raise ConfigError(f"lr_schedule must be None, 'plateau' or 'cosine', got {self.lr_schedule!r}")
 

@@ -510,18 +510,25 @@ class Trainer:
         if self.freeze_encoder:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
+        encoder_ids = {id(p) for p in model.encoder.parameters()}
+        enc_params = [p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids]
+        other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+        if not enc_params and not other_params:
             raise TrainingError("no trainable parameters (everything is frozen)")
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = []
+        if enc_params:
+            groups.append({"params": enc_params, "lr": cfg.lr * float(cfg.encoder_lr_scale), "name": "encoder"})
+        if other_params:
+            groups.append({"params": other_params, "lr": cfg.lr, "name": "decoder_heads"})
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        for g in self.optimizer.param_groups:
+            g["base_lr"] = g["lr"]
         self.scheduler = None
         if cfg.lr_schedule == "plateau":
             patience = max(1, (cfg.early_stopping_patience or 6) // 2)
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode=self.mode, factor=0.5, patience=patience
             )
-        elif cfg.lr_schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -554,6 +561,30 @@ class Trainer:
             self.history = list(st.get("history") or [])
             if self.out_dir is not None and (self.out_dir / BEST_NAME).is_file():
                 self.best_path = self.out_dir / BEST_NAME
+
+    def _warming_up(self, epoch: int) -> bool:
+        return float(self.config.warmup_epochs) > 0 and epoch <= math.ceil(float(self.config.warmup_epochs))
+
+    def _set_step_lr(self, epoch: int, batch: int, n_batches: int) -> None:
+        """Per-step learning rate: linear warm-up, then constant or cosine decay to 0 at the last step.
+
+        A pure function of the step index, so a resumed run follows the same curve.
+        """
+        cfg = self.config
+        step = (epoch - 1) * n_batches + (batch - 1)
+        total = max(1, int(cfg.epochs) * n_batches)
+        warm = int(round(float(cfg.warmup_epochs) * n_batches))
+        if warm > 0 and step < warm:
+            factor = (step + 1) / (warm + 1)
+        elif cfg.lr_schedule == "cosine":
+            progress = (step - warm) / max(1, total - warm)
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        elif warm > 0 and step == warm:
+            factor = 1.0  # warm-up over: back to the base rate (a plateau schedule takes over from here)
+        else:
+            return
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
 
     def _cleanup(self) -> None:
         if getattr(self, "_own_pg", False) and torch.distributed.is_initialized():
@@ -680,6 +711,7 @@ class Trainer:
                         f"loss became {float(parts.total.detach())} at epoch {epoch}, batch {i}; "
                         "lower the learning rate or check the data"
                     )
+                self._set_step_lr(epoch, i, n_batches)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(parts.total).backward()
                 if cfg.grad_clip:
@@ -706,7 +738,7 @@ class Trainer:
                     loss=loss,
                     seg_loss=parts.seg,
                     cls_loss=parts.cls,
-                    lr=float(self.optimizer.param_groups[0]["lr"]),
+                    lr=float(self.optimizer.param_groups[-1]["lr"]),
                 )
             if cancelled:
                 reason = "cancelled"
@@ -743,11 +775,9 @@ class Trainer:
                 self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
             else:
                 self.bad_epochs += 1
-            lr = float(self.optimizer.param_groups[0]["lr"])
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            lr = float(self.optimizer.param_groups[-1]["lr"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self._warming_up(epoch):
                 self.scheduler.step(value if math.isfinite(value) else self.best_value)
-            elif self.scheduler is not None:
-                self.scheduler.step()
             record = {"epoch": epoch, **train, **val, "lr": lr, "time_s": time.perf_counter() - t0}
             self.history.append(record)
             yield EpochEnd(
