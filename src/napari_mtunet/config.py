@@ -1,16 +1,33 @@
-"""Configuration dataclasses: the one source of truth for model, data and training.
+"""Configuration: the one source of truth for model, preprocessing, data and training settings.
 
-They are plain dataclasses (no Qt, no torch at import) so the CLI, the Python
-API, the napari widgets and the checkpoint metadata all share them.  Every
-config round-trips through ``to_dict`` / ``from_dict`` (JSON-safe), which is
-what checkpoints store.
+:class:`RunConfig` holds everything one training run needs, in four parts
+(:class:`ModelConfig`, :class:`Preprocessing`, :class:`DataConfig` with its
+:class:`AugmentConfig`, :class:`TrainConfig`).  Their field defaults are the
+project's defaults: the CLI, the napari widgets, the experiments and the
+Python API all start from ``RunConfig()`` and override what the user chose,
+so a default is changed in exactly one place.  Rules that span parts
+(a monitor the task cannot produce, loss weights of a head the task does
+not have, ...) are checked by :meth:`RunConfig.validate`.  A run config is
+saved whole in every checkpoint; :meth:`RunConfig.from_metadata` reads it
+back and migrates checkpoints of the first format.
+
+:class:`FinetuneConfig` holds the one set of fine-tuning defaults shared by
+``mtunet finetune``, the Annotate widget and :func:`napari_mtunet.workflows.finetune`.
+
+Everything here is plain dataclasses: no Qt, no torch at import.
+``from_dict`` checks every value's type before anything is built (the
+values may come from an untrusted checkpoint), then ``__post_init__`` checks
+ranges, so an error names the part, the field and the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union
 
 Task = Literal["both", "seg", "cls"]
 TASKS: tuple[str, ...] = ("both", "seg", "cls")
@@ -21,6 +38,34 @@ DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16", "timm-tf_effici
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: Upper bounds on what a configuration may describe (far above any real model);
+#: they keep an untrusted checkpoint from making us allocate absurd networks.
+MAX_CLASSES = 1000
+MAX_SEG_CLASSES = 255
+MAX_NAME_CHARS = 200
+MAX_CHANNELS = 2048
+MAX_IMAGE_SIZE = 4096
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+
+#: Monitorable quantities and whether lower is better; the heads each needs.
+MONITORS: dict[str, str] = {
+    "val_loss": "min",
+    "val_seg_loss": "min",
+    "val_cls_loss": "min",
+    "val_dice": "max",
+    "val_accuracy": "max",
+    "val_balanced_accuracy": "max",
+    "train_loss": "min",
+}
+_MONITOR_TASKS: dict[str, tuple[str, ...]] = {
+    "val_dice": ("both", "seg"),
+    "val_seg_loss": ("both", "seg"),
+    "val_accuracy": ("both", "cls"),
+    "val_balanced_accuracy": ("both", "cls"),
+    "val_cls_loss": ("both", "cls"),
+}
+
 T = TypeVar("T")
 
 
@@ -28,21 +73,111 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
 
 
-def _from_dict(cls: type[T], data: dict[str, Any], *, where: str) -> T:
+# --------------------------------------------------------------------------- typed from_dict
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (decoded JSON) fits the type annotation ``hint``."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_type_ok(v, h) for v, h in zip(value, args))
+        item = args[0] if args else Any
+        return all(_type_ok(v, item) for v in value)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+            hint.__name__, hint.__name__)
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _from_dict(cls: type[T], data: Any, *, where: str) -> T:
+    if isinstance(data, cls):
+        return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(str(k)[:60] for k in set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
     kwargs = {}
     for k, v in data.items():
-        kwargs[k] = tuple(v) if isinstance(v, list) and k in ("mean", "std") else v
-    return cls(**kwargs)  # type: ignore[call-arg]
+        if not _type_ok(v, hints[k]):
+            shown = repr(v)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            expected = _type_name(hints[k])
+            raise ConfigError(f"{where}: field {k!r} must be {expected}, got {shown}")
+        kwargs[k] = tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v
+    try:
+        return cls(**kwargs)  # type: ignore[call-arg]
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _finite(name: str, value: float) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    return v
+
+
+class _Dict:
+    """``to_dict`` / ``from_dict`` for the config dataclasses."""
+
+    _where = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, _Dict):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, list):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        return _from_dict(cls, data, where=cls._where)
+
+    def replace(self, **changes: Any):
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+# --------------------------------------------------------------------------- parts
 
 
 @dataclass
-class Preprocessing:
+class Preprocessing(_Dict):
     """How a raw image becomes the model's input; saved in every checkpoint.
 
     The model itself receives a float tensor ``(B, 3, H, W)`` in ``[0, 1]`` and
@@ -53,6 +188,8 @@ class Preprocessing:
     float images are used as-is when within ``[0, 1]`` or min-max scaled
     otherwise (see :func:`napari_mtunet.preprocess.to_float_rgb`).
     """
+
+    _where = "preprocessing"
 
     image_size: int = 256
     #: True: whole images are resized to ``image_size`` (BUSI, ISIC ...).
@@ -66,21 +203,23 @@ class Preprocessing:
     std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        if int(self.image_size) < 32 or int(self.image_size) % 32:
+        size = int(self.image_size)
+        if size < 32 or size % 32 or size > MAX_IMAGE_SIZE:
             raise ConfigError(
-                f"image_size must be a multiple of 32 and >= 32 (UNet downsamples 5x), got {self.image_size}"
+                f"image_size must be a multiple of 32 in [32, {MAX_IMAGE_SIZE}] (the UNet downsamples 5x), "
+                f"got {self.image_size}"
             )
-        self.image_size = int(self.image_size)
+        self.image_size = size
         if (self.mean is None) != (self.std is None):
             raise ConfigError("give both mean and std, or neither (the encoder's own)")
         if self.mean is None:
             return
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ConfigError("mean and std must have three values (RGB)")
+        self.mean = tuple(_finite("mean", m) for m in self.mean)  # type: ignore[assignment]
+        self.std = tuple(_finite("std", s) for s in self.std)  # type: ignore[assignment]
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive, got {self.std}")
-        self.mean = tuple(float(m) for m in self.mean)  # type: ignore[assignment]
-        self.std = tuple(float(s) for s in self.std)  # type: ignore[assignment]
 
     @property
     def resolved(self) -> bool:
@@ -95,23 +234,15 @@ class Preprocessing:
         mean, std = pretrained_normalization(encoder_name)
         return dataclasses.replace(self, mean=tuple(mean), std=tuple(std))
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if self.mean is not None:
-            d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        return _from_dict(cls, data, where="preprocessing")
-
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Dict):
     """Everything needed to rebuild the network."""
 
+    _where = "model config"
+
     encoder_name: str = "mobilenet_v2"
-    #: "imagenet" (smp download, cached), a local weights file path, or None.
+    #: "imagenet" (a package that ships the weights, else smp's hub copy), a local weights file, or None.
     encoder_weights: str | None = "imagenet"
     in_channels: int = 3
     num_classes: int = 3
@@ -124,23 +255,34 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        name = str(self.encoder_name)
+        if not name or len(name) > 100 or not all(c.isalnum() or c in "_.-" for c in name):
+            raise ConfigError(f"encoder_name must be an encoder name ([A-Za-z0-9_.-], <= 100 characters), got {name[:100]!r}")
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not 1 <= int(self.num_classes) <= MAX_CLASSES:
+            raise ConfigError(f"num_classes must be in [1, {MAX_CLASSES}], got {self.num_classes}")
         if self.task in ("both", "cls") and int(self.num_classes) < 2:
             raise ConfigError(f"num_classes must be >= 2 for task {self.task!r}, got {self.num_classes}")
-        if int(self.seg_classes) < 1:
-            raise ConfigError(f"seg_classes must be >= 1, got {self.seg_classes}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not 1 <= int(self.seg_classes) <= MAX_SEG_CLASSES:
+            raise ConfigError(f"seg_classes must be in [1, {MAX_SEG_CLASSES}], got {self.seg_classes}")
+        if not 0.0 <= _finite("dropout", self.dropout) < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.in_channels != 3:
             raise ConfigError(
                 "in_channels must be 3: greyscale inputs are replicated to RGB by the preprocessing"
             )
+        if not 1 <= int(self.encoder_depth) <= 5:
+            raise ConfigError(f"encoder_depth must be in [1, 5], got {self.encoder_depth}")
         self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
         if len(self.decoder_channels) != int(self.encoder_depth):
             raise ConfigError("decoder_channels needs one entry per encoder stage (encoder_depth)")
+        if any(not 1 <= c <= MAX_CHANNELS for c in self.decoder_channels):
+            raise ConfigError(f"decoder_channels must be in [1, {MAX_CHANNELS}], got {list(self.decoder_channels)}")
         if self.encoder_weights in ("", "none", "None"):
             self.encoder_weights = None
+        if self.encoder_weights is not None and (len(self.encoder_weights) > 4096 or "\0" in self.encoder_weights):
+            raise ConfigError("encoder_weights must be 'imagenet', a file path or None")
         if self.class_names:
             self.class_names = [str(c) for c in self.class_names]
             if len(self.class_names) != int(self.num_classes):
@@ -149,25 +291,29 @@ class ModelConfig:
                 )
             if len(set(self.class_names)) != len(self.class_names):
                 raise ConfigError(f"class names must be unique: {self.class_names}")
+            bad = [c for c in self.class_names if not c.strip() or len(c) > MAX_NAME_CHARS or c != c.strip()
+                   or any(ch in c for ch in "\r\n\t\0")]
+            if bad:
+                raise ConfigError(
+                    f"class names must be non-empty single-line text without surrounding spaces "
+                    f"(<= {MAX_NAME_CHARS} characters), got {bad[0][:60]!r}"
+                )
         else:
             self.class_names = [f"class_{i}" for i in range(int(self.num_classes))]
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["decoder_channels"] = list(self.decoder_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        data = dict(data)
-        if "decoder_channels" in data:
-            data["decoder_channels"] = tuple(data["decoder_channels"])
-        return _from_dict(cls, data, where="model config")
+    def with_classes(self, class_names: list[str]) -> ModelConfig:
+        """A copy for a dataset with these classes (fewer than two: a placeholder pair, for seg-only data)."""
+        names = [str(c) for c in class_names]
+        if len(names) >= 2:
+            return dataclasses.replace(self, num_classes=len(names), class_names=names)
+        return dataclasses.replace(self, num_classes=2, class_names=[])
 
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(_Dict):
     """Joint image+mask augmentation (the paper's set: rotation, flips, shear)."""
+
+    _where = "augment config"
 
     enabled: bool = True
     rotation_degrees: float = 15.0
@@ -175,20 +321,22 @@ class AugmentConfig:
     vflip: bool = True
     shear_degrees: float = 10.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
-        return _from_dict(cls, data, where="augment config")
+    def __post_init__(self) -> None:
+        if not 0 <= _finite("rotation_degrees", self.rotation_degrees) <= 180:
+            raise ConfigError(f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
+        if not 0 <= _finite("shear_degrees", self.shear_degrees) < 90:
+            raise ConfigError(f"shear_degrees must be in [0, 90), got {self.shear_degrees}")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Dict):
     """Where the data is and how it is split, cached and loaded."""
+
+    _where = "data config"
 
     root: str = ""
     layout: str = "auto"
+    #: Refuse a dataset with any problem (True) or skip the bad samples and report them (False).
     strict: bool = False
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -196,37 +344,44 @@ class DataConfig:
     fold: int | None = None
     seed: int = 0
     split_file: str | None = None
+    #: Keep decoded, resized images in memory (decoding happens once, not every epoch).
     cache: bool = True
     num_workers: int = 0
+    #: Draw training batches class-balanced (with replacement) instead of shuffling.
     balanced_sampling: bool = False
     max_samples: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+        self.augment = AugmentConfig.from_dict(self.augment)
         for name in ("val_fraction", "test_fraction"):
-            v = float(getattr(self, name))
+            v = _finite(name, getattr(self, name))
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {v}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave some training data")
-        if int(self.n_folds) < 2:
-            raise ConfigError(f"n_folds must be >= 2, got {self.n_folds}")
+        if not 2 <= int(self.n_folds) <= 100:
+            raise ConfigError(f"n_folds must be in [2, 100], got {self.n_folds}")
+        if self.fold is not None and not 0 <= int(self.fold) < int(self.n_folds):
+            raise ConfigError(f"fold must be in 0..{int(self.n_folds) - 1}, got {self.fold}")
+        if self.max_samples is not None and int(self.max_samples) < 2:
+            raise ConfigError(f"max_samples must be >= 2 (or unset for all), got {self.max_samples}")
+        if not 0 <= int(self.num_workers) <= 256:
+            raise ConfigError(f"num_workers must be in [0, 256], got {self.num_workers}")
+        if int(self.seed) < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
-        return _from_dict(cls, data, where="data config")
+    @property
+    def holds_out(self) -> bool:
+        """Whether this config carves any validation or test images out of the dataset."""
+        return self.val_fraction > 0 or self.test_fraction > 0 or self.fold is not None or bool(self.split_file)
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings; defaults follow the paper (Adam 1e-3, 5:1, 50 epochs, batch 32)."""
+class TrainConfig(_Dict):
+    """Optimisation settings; defaults follow the paper (Adam 1e-3, 5:1) and the recipe study (docs/results.md)."""
+
+    _where = "train config"
 
     epochs: int = 50
     batch_size: int = 32
@@ -256,30 +411,193 @@ class TrainConfig:
     bn_recalibration_batches: int = 32
 
     def __post_init__(self) -> None:
-        if int(self.bn_recalibration_batches) < 0:
-            raise ConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
-        if int(self.epochs) < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if float(self.lr) <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if float(self.w_seg) < 0 or float(self.w_cls) < 0 or float(self.w_seg) + float(self.w_cls) == 0:
+        if not 0 <= int(self.bn_recalibration_batches) <= 10_000:
+            raise ConfigError(f"bn_recalibration_batches must be in [0, 10000], got {self.bn_recalibration_batches}")
+        if not 1 <= int(self.epochs) <= MAX_EPOCHS:
+            raise ConfigError(f"epochs must be in [1, {MAX_EPOCHS}], got {self.epochs}")
+        if not 1 <= int(self.batch_size) <= MAX_BATCH:
+            raise ConfigError(f"batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        if not 0 < _finite("lr", self.lr) <= 10:
+            raise ConfigError(f"lr must be in (0, 10], got {self.lr}")
+        if _finite("weight_decay", self.weight_decay) < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        ws, wc = _finite("w_seg", self.w_seg), _finite("w_cls", self.w_cls)
+        if ws < 0 or wc < 0 or ws + wc == 0:
             raise ConfigError(f"loss weights must be >= 0 and not both 0, got {self.w_seg}:{self.w_cls}")
         if self.seg_loss not in ("bce", "dice_bce"):
             raise ConfigError(f"seg_loss must be 'bce' or 'dice_bce', got {self.seg_loss!r}")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError(f"class_weights must be 'balanced' or None, got {self.class_weights!r}")
-        if not 0.0 <= float(self.encoder_lr_scale) <= 10.0:
+        if self.monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.early_stopping_patience is not None and int(self.early_stopping_patience) < 1:
+            raise ConfigError(f"early_stopping_patience must be >= 1 (or None for off), got {self.early_stopping_patience}")
+        if not 0.0 <= _finite("encoder_lr_scale", self.encoder_lr_scale) <= 10.0:
             raise ConfigError(f"encoder_lr_scale must be in [0, 10], got {self.encoder_lr_scale}")
-        if not 0.0 <= float(self.warmup_epochs) < float(self.epochs) + 1e-9 and float(self.warmup_epochs) != 0.0:
+        warm = _finite("warmup_epochs", self.warmup_epochs)
+        if warm < 0 or (warm > 0 and warm >= float(self.epochs)):
             raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.lr_schedule not in (None, "plateau", "cosine"):
             raise ConfigError(f"lr_schedule must be None, 'plateau' or 'cosine', got {self.lr_schedule!r}")
+        if self.grad_clip is not None and not _finite("grad_clip", self.grad_clip) > 0:
+            raise ConfigError(f"grad_clip must be > 0 (or None), got {self.grad_clip}")
+        if int(self.seed) < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass
+class FinetuneConfig(_Dict):
+    """Fine-tuning a trained model on a few corrected samples: one set of defaults for every front end.
+
+    The defaults were chosen with ``mtunet experiment --study finetune`` (see
+    docs/results.md): the number of optimisation steps scales with the number
+    of new samples, base samples are replayed against forgetting, and the
+    few corrections are augmented.
+    """
+
+    _where = "fine-tune config"
+
+    #: Optimisation steps per new sample (total steps = clamp(steps_per_sample * n_new, min_steps, max_steps)).
+    steps_per_sample: float = 6.0
+    min_steps: int = 20
+    max_steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+    #: Encoder learning rate as a fraction of ``lr`` (0 = frozen encoder).
+    encoder_lr_scale: float = 1.0
+    #: Keep BatchNorm statistics of the base model (eval mode) while fine-tuning.
+    freeze_bn: bool = True
+    #: Replayed base samples per new sample in each batch mix (0 = no replay).
+    replay_ratio: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0 < _finite("steps_per_sample", self.steps_per_sample) <= 1000:
+            raise ConfigError(f"steps_per_sample must be in (0, 1000], got {self.steps_per_sample}")
+        if not 1 <= int(self.min_steps) <= int(self.max_steps) <= 100_000:
+            raise ConfigError(f"need 1 <= min_steps <= max_steps <= 100000, got {self.min_steps}, {self.max_steps}")
+        if not 1 <= int(self.batch_size) <= MAX_BATCH:
+            raise ConfigError(f"batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        if not 0 < _finite("lr", self.lr) <= 10:
+            raise ConfigError(f"lr must be in (0, 10], got {self.lr}")
+        if not 0 <= _finite("encoder_lr_scale", self.encoder_lr_scale) <= 10:
+            raise ConfigError(f"encoder_lr_scale must be in [0, 10], got {self.encoder_lr_scale}")
+        if not 0 <= _finite("replay_ratio", self.replay_ratio) <= 100:
+            raise ConfigError(f"replay_ratio must be in [0, 100], got {self.replay_ratio}")
+
+    def steps_for(self, n_new: int) -> int:
+        """Optimisation steps for ``n_new`` corrected samples."""
+        return int(min(self.max_steps, max(self.min_steps, round(self.steps_per_sample * max(1, n_new)))))
+
+
+# --------------------------------------------------------------------------- the run
+
+
+RUN_CONFIG_VERSION = 2
+
+
+@dataclass
+class RunConfig(_Dict):
+    """Everything one training run needs, validated together; saved whole in its checkpoints."""
+
+    _where = "run config"
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.model = ModelConfig.from_dict(self.model)
+        self.preprocessing = Preprocessing.from_dict(self.preprocessing)
+        self.data = DataConfig.from_dict(self.data)
+        self.train = TrainConfig.from_dict(self.train)
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules that span the parts; raises :class:`ConfigError`."""
+        task = self.model.task
+        monitor = self.train.monitor
+        if monitor in _MONITOR_TASKS and task not in _MONITOR_TASKS[monitor]:
+            raise ConfigError(f"monitor {monitor!r} needs a {'segmentation' if 'dice' in monitor or 'seg' in monitor else 'classification'} "
+                              f"head; task {task!r} has none (choose another monitor or task)")
+        t = self.train
+        if task == "seg" and t.w_seg <= 0:
+            raise ConfigError("task 'seg' trains only the segmentation loss: w_seg must be > 0")
+        if task == "cls" and t.w_cls <= 0:
+            raise ConfigError("task 'cls' trains only the classification loss: w_cls must be > 0")
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def effective_loss_weights(self) -> tuple[float, float]:
+        """``(w_seg, w_cls)`` as the loss uses them: the weight of a head the task lacks is 0."""
+        task = self.model.task
+        return (self.train.w_seg if task != "cls" else 0.0, self.train.w_cls if task != "seg" else 0.0)
+
+    @property
+    def monitor(self) -> str:
+        """The monitored quantity: ``train_loss`` when the run has no validation images."""
+        if self.train.monitor.startswith("val_") and not self.has_validation:
+            return "train_loss"
+        return self.train.monitor
+
+    @property
+    def has_validation(self) -> bool:
+        d = self.data
+        return d.val_fraction > 0 or bool(d.split_file)
+
+    def resolved(self) -> RunConfig:
+        """A copy with everything derived filled in (normalisation from the encoder, loss weights as used)."""
+        ws, wc = self.effective_loss_weights
+        return RunConfig(
+            model=dataclasses.replace(self.model),
+            preprocessing=self.preprocessing.for_encoder(self.model.encoder_name),
+            data=DataConfig.from_dict(self.data.to_dict()),
+            train=dataclasses.replace(self.train, w_seg=ws, w_cls=wc),
+        )
+
+    def with_classes(self, class_names: list[str]) -> RunConfig:
+        return dataclasses.replace(self, model=self.model.with_classes(class_names))
+
+    # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"version": RUN_CONFIG_VERSION, **super().to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _from_dict(cls, data, where="train config")
+    def from_dict(cls, data: Any) -> RunConfig:
+        if isinstance(data, dict) and "version" in data:
+            data = dict(data)
+            version = data.pop("version")
+            if not isinstance(version, int) or isinstance(version, bool) or version > RUN_CONFIG_VERSION:
+                raise ConfigError(
+                    f"run config version {version!r} is newer than this napari-mtunet understands "
+                    f"({RUN_CONFIG_VERSION}); upgrade napari-mtunet"
+                )
+        return _from_dict(cls, data, where=cls._where)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> RunConfig:
+        """The run config of a checkpoint's metadata; first-format checkpoints are migrated.
+
+        Format 1 stored the parts apart (``model``, ``preprocessing``,
+        ``training.train_config``, ``training.data_config``); missing parts
+        take today's defaults.
+        """
+        if isinstance(meta.get("run"), dict):
+            return cls.from_dict(meta["run"])
+        training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+        train = training.get("train_config") or {}
+        data = training.get("data_config") or {}
+        if isinstance(train, dict):
+            train = {k: v for k, v in train.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+        run = cls(
+            model=ModelConfig.from_dict(meta.get("model", {})),
+            preprocessing=Preprocessing.from_dict(meta.get("preprocessing", {})),
+            data=DataConfig.from_dict(data) if isinstance(data, dict) else DataConfig(),
+            train=TrainConfig.from_dict(train) if isinstance(train, dict) else TrainConfig(),
+        )
+        return run
