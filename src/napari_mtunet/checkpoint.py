@@ -83,6 +83,13 @@ class CheckpointInfo:
         return dict(self.metadata.get("metrics") or {})
 
     @property
+    def run(self):
+        """The run configuration (:class:`~napari_mtunet.config.RunConfig`); migrated for format-1 files."""
+        from .config import RunConfig
+
+        return RunConfig.from_metadata(self.metadata)
+
+    @property
     def parent(self) -> str | None:
         return self.metadata.get("parent")
 
@@ -114,6 +121,7 @@ def build_metadata(
     metrics: dict[str, Any] | None = None,
     parent: str | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config: ModelConfig = model.config  # type: ignore[assignment]
     preprocessing: Preprocessing = model.preprocessing  # type: ignore[assignment]
@@ -130,6 +138,7 @@ def build_metadata(
         "metrics": metrics or {},
         "parent": parent,
         "extra": extra_metadata or {},
+        "run": run,
         "content_hash": content_hash(tensors),
     }
     return meta
@@ -144,6 +153,7 @@ def save_checkpoint(
     parent: str | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (a :class:`~napari_mtunet.model.MultiTaskUNet`) atomically to ``path``."""
     from safetensors.torch import save_file
@@ -158,7 +168,7 @@ def save_checkpoint(
     for k, v in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + k] = v.detach().cpu().contiguous()
     meta = build_metadata(
-        module, tensors, training=training, metrics=metrics, parent=parent, extra_metadata=extra_metadata
+        module, tensors, training=training, metrics=metrics, parent=parent, extra_metadata=extra_metadata, run=run
     )
     try:
         meta_json = json.dumps(meta, allow_nan=False, default=_json_default)
@@ -322,6 +332,10 @@ def validate_metadata(meta: Any, *, where: str) -> dict[str, Any]:
     try:
         ModelConfig.from_dict(meta["model"])
         Preprocessing.from_dict(meta["preprocessing"])
+        if meta.get("run") is not None:
+            from .config import RunConfig
+
+            RunConfig.from_dict(meta["run"])
     except (ValueError, TypeError, OverflowError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(f"{where}: invalid model configuration in metadata ({exc})") from None
     return meta
