@@ -35,9 +35,13 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointInfo, info_for_model, load_checkpoint
 from .device import resolve_device
-from .preprocess import ImageFormatError, split_stack, to_float_rgb
+from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
 
 MODES = ("auto", "resize", "native", "tiled")
+
+
+class NonFiniteOutputError(ValueError):
+    """The network's outputs hold NaN or infinity: no class or mask is reported from them."""
 
 
 @dataclass
@@ -105,14 +109,13 @@ class _Converter:
             if not np.isfinite(arr).all():
                 n_bad = int((~np.isfinite(arr)).sum())
                 raise ImageFormatError(f"{where + ': ' if where else ''}image contains {n_bad} NaN or infinite pixel(s)")
-            lo, hi = float(arr.min()), float(arr.max())
+            lo, hi = arr.min(), arr.max()  # native precision: float64 ranges can overflow float32
             if lo < 0.0 or hi > 1.0:
                 self.scale = (lo, hi)
 
     def __call__(self, tile: np.ndarray) -> np.ndarray:
         if self.scale is not None:
-            lo, hi = self.scale
-            tile = (np.asarray(tile, np.float32) - lo) / (hi - lo) if hi > lo else np.zeros(tile.shape, np.float32)
+            tile = scale_to_unit(tile, *self.scale)
         return to_float_rgb(tile, where=self.where)
 
 
@@ -191,6 +194,12 @@ class Predictor:
             if batch.stride() != (c * h * w, 1, w * c, c):
                 batch = batch.clone(memory_format=torch.channels_last)
         out = self.model(batch)
+        for name, t in (("segmentation", out.seg), ("class", out.cls)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise NonFiniteOutputError(
+                    f"model {self.info.name} produced {int((~torch.isfinite(t)).sum())} NaN/infinite {name} "
+                    "output value(s); no class or mask is reported (the model's weights are broken)"
+                )
         seg = cls = None
         if out.seg is not None:
             seg = torch.sigmoid(out.seg) if self.seg_classes == 1 else torch.softmax(out.seg, dim=1)

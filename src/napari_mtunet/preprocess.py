@@ -56,18 +56,44 @@ def to_float_rgb(image: np.ndarray, *, where: str | None = None) -> np.ndarray:
         else:
             out /= float(info.max)
     elif np.issubdtype(arr.dtype, np.floating):
-        out = arr.astype(np.float32, copy=True)
-        if not np.isfinite(out).all():
-            n_bad = int((~np.isfinite(out)).sum())
+        finite = np.isfinite(arr)
+        if not finite.all():
+            n_bad = int((~finite).sum())
             raise ImageFormatError(f"{pre}image contains {n_bad} NaN or infinite pixel(s)")
-        lo, hi = float(out.min()), float(out.max())
+        del finite
+        lo, hi = arr.min(), arr.max()  # in the image's own precision (float64 ranges overflow float32)
         if lo < 0.0 or hi > 1.0:
-            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+            out = scale_to_unit(arr, lo, hi)
+        else:
+            out = arr.astype(np.float32, copy=True)
     else:
         raise ImageFormatError(f"{pre}unsupported pixel type {arr.dtype}")
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def scale_to_unit(arr: np.ndarray, lo, hi) -> np.ndarray:
+    """Min-max scale finite floats from ``[lo, hi]`` to float32 ``[0, 1]`` without overflow.
+
+    ``hi - lo`` overflows for ranges such as ``[-1e308, 1e308]`` (float64) or
+    ``[-3e38, 3e38]`` (float32), and casting float64 values beyond 3.4e38 to
+    float32 makes them infinite; so everything is first divided by
+    ``max(|lo|, |hi|)`` in the image's own precision (at least float32).
+    ``lo == hi`` gives zeros.
+    """
+    a = np.asarray(arr)
+    work = np.result_type(a.dtype, np.float32)
+    lo_w, hi_w = work.type(lo), work.type(hi)
+    s = max(abs(lo_w), abs(hi_w))
+    if not s > 0 or not hi_w > lo_w:
+        return np.zeros(a.shape, np.float32)
+    low, span = lo_w / s, hi_w / s - lo_w / s
+    if not span > 0:  # a range too narrow to resolve after scaling
+        return np.zeros(a.shape, np.float32)
+    out = (a.astype(work) / s - low) / span
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def to_binary_mask(mask: np.ndarray, *, where: str | None = None) -> np.ndarray:

@@ -50,6 +50,12 @@ class UnreadableFileError(DataError):
     kind = "unreadable"
 
 
+class ImageTooLargeError(DataError):
+    """The header declares more pixels than :data:`napari_mtunet.data.io.MAX_IMAGE_PIXELS` (decompression-bomb guard)."""
+
+    kind = "too_large"
+
+
 class MaskMismatchError(DataError):
     """Mask size differs from the image size."""
 

@@ -32,6 +32,7 @@ from .errors import (
     DataError,
     EmptyFileError,
     FilePermissionError,
+    ImageTooLargeError,
     MaskMismatchError,
     MissingFileError,
     OptionalDependencyError,
@@ -50,6 +51,30 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
     "dicom": (".dcm", ".dicom"),
 }
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(e for exts in EXTENSIONS.values() for e in exts)
+
+#: The most pixels (height x width) one decoded image may have, for every format
+#: (PNG, JPEG, BMP, TIFF, DICOM) and for a window read from a slide.  It is
+#: checked from the header before anything is decoded or allocated, so a small
+#: file declaring 100000 x 100000 pixels (a "decompression bomb") is refused
+#: cheaply.  The value is Pillow's own error threshold (2 x 89,478,485), so PNG
+#: and TIFF now share one limit.  Gigapixel slides are read in windows
+#: (:func:`read_region`), each of which must fit.
+MAX_IMAGE_PIXELS = 178_956_970
+
+#: EXIF orientation values that swap width and height (rotations by 90/270 degrees).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def check_pixel_count(height: int, width: int, path: str | Path | None, *, what: str = "image") -> None:
+    """Raise :class:`ImageTooLargeError` when ``height x width`` exceeds :data:`MAX_IMAGE_PIXELS`."""
+    n = int(height) * int(width)
+    if n > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(
+            f"{what} declares {int(width)} x {int(height)} = {n:,} pixels, more than the limit of "
+            f"{MAX_IMAGE_PIXELS:,} for any format (decompression bomb guard: the header may be forged). "
+            "Tile or downsample the image first",
+            path,
+        )
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -180,19 +205,42 @@ def _pil_to_array(im, p: Path) -> np.ndarray:
     raise UnsupportedFormatError(f"unsupported pixel mode {mode!r}", p)
 
 
-def _read_pil(p: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _exif_orientation(im) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: no rotation
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _read_pil(p: Path, *, palette_indices: bool = False) -> np.ndarray:
+    """Decode with Pillow; the EXIF orientation is applied (pixels as viewers show them).
+
+    ``palette_indices``: palette ("P") images give their palette *indices*
+    instead of colours (used for masks: index 0 is background).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(p) as im:
-            im.load()
+            check_pixel_count(im.size[1], im.size[0], p)
             if getattr(im, "n_frames", 1) > 1:
                 raise UnsupportedFormatError(
                     f"file has {im.n_frames} frames; only single-frame images are supported", p
                 )
+            im.load()
+            if _exif_orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
+            if palette_indices and im.mode in ("P", "PA"):
+                arr = np.asarray(im)
+                return arr[..., 0] if arr.ndim == 3 else arr
             return _pil_to_array(im, p)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own check at open (same threshold)
+        raise ImageTooLargeError(
+            f"more pixels than the limit of {MAX_IMAGE_PIXELS:,} for any format (decompression bomb guard; {exc})", p
+        ) from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedFormatError(f"not a readable image ({exc})", p) from exc
     except Exception as exc:  # noqa: BLE001 - any decoder error becomes a DataError naming the file
@@ -210,6 +258,8 @@ def _main_pages(tf) -> list:
 
 
 def _page_array(page, p: Path) -> np.ndarray:
+    h, w = _yx(page)
+    check_pixel_count(h, w, p)
     arr = page.asarray()
     return _normalise_tiff_array(arr, page, p)
 
@@ -330,6 +380,7 @@ def _read_window(tf, page, region, p: Path) -> np.ndarray:
     x, y, w, h = (int(v) for v in region)
     if w <= 0 or h <= 0:
         raise UnsupportedFormatError(f"empty region {region}", p)
+    check_pixel_count(h, w, p, what=f"region {tuple(region)}")
     height, width = int(page.imagelength), int(page.imagewidth)
     spp = int(page.samplesperpixel)
     dtype = page.dtype
@@ -401,7 +452,12 @@ def _read_dicom(p: Path) -> np.ndarray:
         ) from exc
     try:
         ds = pydicom.dcmread(p)
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        check_pixel_count(rows, cols * max(frames, 1), p)
         arr = np.asarray(ds.pixel_array)
+    except DataError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise _classify_decode_error(exc, p) from exc
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
@@ -421,7 +477,11 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     multi-page with ``page=``) and DICOM (optional ``pydicom``).  The format is
     taken from the file content, so a JPEG saved as ``.png`` still reads.
     """
-    p = check_file(path, what="image file")
+    return _read_any(path, page=page, mask=False)
+
+
+def _read_any(path: str | Path, *, page: int | None, mask: bool) -> np.ndarray:
+    p = check_file(path, what="mask file" if mask else "image file")
     fmt = _resolve_format(p)
     if fmt == "tiff":
         arr = _read_tiff(p, page)
@@ -430,7 +490,7 @@ def read_image(path: str | Path, *, page: int | None = None) -> np.ndarray:
     else:
         if page not in (None, 0):
             raise UnsupportedFormatError(f"page {page} requested but {fmt.upper()} files have one page", p)
-        arr = _read_pil(p)
+        arr = _read_pil(p, palette_indices=mask)
     return validate_image_array(arr, where=str(p))
 
 
@@ -463,8 +523,11 @@ def read_mask(
 
     Any non-zero pixel (in any channel) is foreground, unless ``values`` lists
     the label values that count as foreground (e.g. PANDA cancer grades; read
-    from the first channel).  ``shape`` = the image's ``(H, W)``: a mask of a
-    different size raises :class:`MaskMismatchError` naming both files.
+    from the first channel).  Palette ("P") PNG/BMP/TIFF masks are read by
+    palette *index*, not colour: index 0 is background, whatever colour the
+    palette gives it.  JPEG/PNG EXIF orientation is applied, as for images.
+    ``shape`` = the image's ``(H, W)``: a mask of a different size raises
+    :class:`MaskMismatchError` naming both files.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -473,7 +536,7 @@ def read_mask(
         raise MissingFileError("no mask file given", image_path)
     out: np.ndarray | None = None
     for mp in paths:
-        raw = read_image(mp, page=page)
+        raw = _read_any(mp, page=page, mask=True)
         m = binarise_mask(raw, values=values, where=str(mp))
         if shape is not None and tuple(m.shape) != tuple(shape[:2]):
             img = f" of image {image_path}" if image_path else ""
@@ -547,6 +610,12 @@ def read_image_info(path: str | Path) -> ImageInfo:
         with Image.open(p) as im:
             w, h = im.size
             mode = im.mode
+            if _exif_orientation(im) in _SWAPPING_ORIENTATIONS:
+                w, h = h, w  # as read_image returns it
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(
+            f"more pixels than the limit of {MAX_IMAGE_PIXELS:,} for any format (decompression bomb guard; {exc})", p
+        ) from exc
     except Exception as exc:  # noqa: BLE001
         raise _classify_decode_error(exc, p) from exc
     channels = {"1": 1, "L": 1, "P": 3, "LA": 1, "I": 1, "F": 1, "RGB": 3, "RGBA": 4, "CMYK": 3}.get(
