@@ -153,7 +153,7 @@ def test_bad_monitor_for_task(data):
 def test_failed_event_then_raise(data):
     train, _ = data
     hist = History()
-    t = Trainer(mcfg(), tcfg(lr=1e30, w_seg=1e30), train, None, preprocessing=PRE, callbacks=[hist])
+    t = Trainer(mcfg(), tcfg(lr=10, w_seg=1e39), train, None, preprocessing=PRE, callbacks=[hist])
     with pytest.raises(Exception):
         t.fit()
     assert hist.events[-1].kind == "error"

@@ -48,12 +48,15 @@ def test_weighting_and_masking():
     assert parts.n_seg == 3 and parts.n_cls == 3
 
 
-def test_single_task_uses_one_term():
+def test_single_task_uses_one_term_with_its_configured_weight():
+    """The loss uses the weights the checkpoint records (RunConfig.effective_loss_weights), never others."""
     out, batch = _batch()
     seg_only = MultiTaskLoss("seg", w_seg=5, w_cls=1)(ModelOutput(out.seg, None), batch)
-    assert seg_only.cls is None and float(seg_only.total) == pytest.approx(seg_only.seg)
-    cls_only = MultiTaskLoss("cls", w_seg=5, w_cls=1)(ModelOutput(None, out.cls), batch)
-    assert cls_only.seg is None and float(cls_only.total) == pytest.approx(cls_only.cls)
+    assert seg_only.cls is None and float(seg_only.total) == pytest.approx(5 * seg_only.seg)
+    cls_only = MultiTaskLoss("cls", w_seg=5, w_cls=2)(ModelOutput(None, out.cls), batch)
+    assert cls_only.seg is None and float(cls_only.total) == pytest.approx(2 * cls_only.cls)
+    with pytest.raises(ValueError, match="w_seg > 0"):
+        MultiTaskLoss("seg", w_seg=0, w_cls=1)
 
 
 def test_no_eligible_samples_gives_zero_with_gradient():

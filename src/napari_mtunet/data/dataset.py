@@ -185,6 +185,105 @@ def class_balanced_weights(labels: Sequence[int]) -> torch.Tensor:
     return torch.as_tensor(w, dtype=torch.double)
 
 
+def dataset_labels(data: Any) -> list[int]:
+    """Class indices (-1 = none) of a dataset, cheaply when it exposes ``labels``."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    ds = data.dataset if isinstance(data, DataLoader) else data
+    if isinstance(ds, ConcatDataset):
+        return [v for d in ds.datasets for v in dataset_labels(d)]
+    if isinstance(ds, Subset):
+        inner = dataset_labels(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    labels = getattr(ds, "labels", None)
+    if labels is not None:
+        return [int(v) for v in labels]
+    return [int(ds[i]["label"]) for i in range(len(ds))]
+
+
+def _fill_caches(data: Any) -> None:
+    """Decode every sample of the SampleDatasets under ``data`` now (shared with forked workers)."""
+    from torch.utils.data import ConcatDataset, Subset
+
+    if isinstance(data, ConcatDataset):
+        for d in data.datasets:
+            _fill_caches(d)
+    elif isinstance(data, Subset):
+        _fill_caches(data.dataset)
+    elif isinstance(data, SampleDataset):
+        data.fill_cache()
+
+
+def make_loader(
+    data: Any,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    balanced_sampling: bool = False,
+    world_size: int = 1,
+    rank: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool | None = None,
+    prefill_cache: bool | None = None,
+) -> DataLoader:
+    """The one ``DataLoader`` factory (training, validation, evaluation, the data package's API).
+
+    - ``train``: a seeded random order (re-seed per epoch with :func:`set_loader_epoch`),
+      a class-balanced :class:`WeightedRandomSampler` with ``balanced_sampling``, or a
+      ``DistributedSampler`` under DDP (``world_size > 1``); otherwise sequential;
+    - a last training batch of one sample is dropped (it breaks BatchNorm in train mode);
+    - with workers, decoded images are cached up front in the main process (shared with
+      forked workers) and workers are persistent;
+    - batches are collated on one thread (stacking is memory-bound).
+    """
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    n = len(data)
+    if n == 0:
+        raise DataError("cannot make a DataLoader over zero samples")
+    gen = torch.Generator().manual_seed(int(seed))
+    per_rank = n
+    if not train:
+        sampler = SequentialSampler(data)
+    elif world_size > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
+        per_rank = -(-n // world_size)
+    elif balanced_sampling:
+        sampler = WeightedRandomSampler(class_balanced_weights(dataset_labels(data)), num_samples=n,
+                                        replacement=True, generator=gen)
+    else:
+        sampler = RandomSampler(data, generator=gen)
+    if drop_last is None:
+        drop_last = bool(train) and per_rank > batch_size and per_rank % batch_size == 1
+    if prefill_cache is None:
+        prefill_cache = num_workers > 0
+    if prefill_cache:
+        _fill_caches(data)
+    return DataLoader(
+        data,
+        batch_size=int(batch_size),
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=int(num_workers),
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        collate_fn=collate_batch,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Make epoch ``epoch``'s order a function of ``(seed, epoch)`` only (so a resumed run repeats it)."""
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(sampler, "generator", None) is not None:
+        sampler.generator.manual_seed(int(seed) + int(epoch))
+
+
 def make_dataloader(
     samples: Sequence[Sample] | SampleDataset,
     class_names: Sequence[str] | None = None,
@@ -202,14 +301,11 @@ def make_dataloader(
     pin_memory: bool = False,
     prefill_cache: bool | None = None,
 ) -> DataLoader:
-    """A ``DataLoader`` of :class:`SampleDataset` items.
+    """A ``DataLoader`` of :class:`SampleDataset` items over ``samples`` (see :func:`make_loader`).
 
-    - ``train``: augmentation on and shuffling (seeded) unless ``shuffle=False``;
-    - ``balanced_sampling``: a class-balanced :class:`WeightedRandomSampler`
-      (with replacement, one epoch = ``len(samples)`` draws) instead of shuffling;
-    - ``cache``: decoded resized images are kept in memory; with workers the
-      cache is filled first in the main process (shared with forked workers)
-      and workers are persistent.
+    ``train``: augmentation on and a seeded random order unless ``shuffle=False``;
+    ``balanced_sampling``: class-balanced draws with replacement; ``cache``:
+    decoded resized images are kept in memory.
     """
     if isinstance(samples, SampleDataset):
         ds = samples
@@ -219,27 +315,15 @@ def make_dataloader(
         ds = SampleDataset(samples, class_names, preprocessing, augment if train else None, train, cache)
     if len(ds) == 0:
         raise DataError("cannot make a DataLoader over zero samples")
-    if prefill_cache is None:
-        prefill_cache = cache and num_workers > 0
-    if prefill_cache:
-        ds.fill_cache()
-    gen = torch.Generator().manual_seed(int(seed))
-    sampler = None
-    if balanced_sampling:
-        sampler = WeightedRandomSampler(class_balanced_weights(ds.labels), num_samples=len(ds), replacement=True,
-                                        generator=gen)
-        do_shuffle = False
-    else:
-        do_shuffle = train if shuffle is None else shuffle
-    return DataLoader(
+    random_order = train if shuffle is None else shuffle
+    return make_loader(
         ds,
         batch_size=batch_size,
-        shuffle=do_shuffle,
-        sampler=sampler,
+        train=bool(random_order or balanced_sampling),
+        seed=seed,
         num_workers=num_workers,
-        drop_last=drop_last,
+        balanced_sampling=balanced_sampling,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-        generator=gen,
-        collate_fn=collate_batch,
+        drop_last=drop_last,
+        prefill_cache=(cache and num_workers > 0) if prefill_cache is None else prefill_cache,
     )

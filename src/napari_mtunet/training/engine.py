@@ -1,4 +1,4 @@
-"""The training engine: one Trainer for the CLI, the Python API and the napari widgets.
+"""The training loop: one Trainer for the workflows, the CLI, the Python API and the napari widgets.
 
 Inputs are torch Datasets (or DataLoaders) whose items are dicts::
 
@@ -13,18 +13,18 @@ The trainer reports through events (see :mod:`.events`): use
 ``thread_worker``) or ``Trainer.fit()`` with callbacks.  A
 :class:`~.events.CancelToken` is checked between batches.
 
-Checkpoints (``out_dir/best.safetensors`` by the monitored validation
-metric, ``out_dir/last.safetensors`` after every epoch with optimizer state
-for ``resume_from``) are written atomically by rank 0 only.
-
-Distributed data parallel is used automatically when the process was
-started by ``torchrun`` (``WORLD_SIZE > 1``): gloo on CPU, nccl on CUDA.
+The loop is this module; its collaborators each do one job:
+:mod:`.validation` (validation pass, precise BatchNorm), :mod:`.monitor`
+(best epoch, early stopping), :mod:`.checkpointing` (``best``/``last``
+files, resume state), :mod:`.distributed` (``torchrun`` DDP), the data
+package's :func:`~napari_mtunet.data.dataset.make_loader` (the one
+DataLoader factory) and :mod:`.optim` (parameter groups, learning-rate
+schedule, freezing).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import random
@@ -37,35 +37,22 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from ..config import DataConfig, ModelConfig, Preprocessing, TrainConfig
-from .events import (
-    BatchEnd,
-    Callback,
-    CancelToken,
-    CheckpointSaved,
-    EpochEnd,
-    Failed,
-    Finished,
-    TrainEvent,
-    dispatch,
-)
+from ..config import MONITORS, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+from ..data.dataset import dataset_labels, make_loader, set_loader_epoch
+from .checkpointing import BEST_NAME, LAST_NAME, CheckpointWriter, ResumeState, finite_or_none
+from .distributed import DistEnv, Distributed
+from .events import BatchEnd, Callback, CancelToken, CheckpointSaved, EpochEnd, Failed, Finished, TrainEvent, dispatch
 from .losses import MultiTaskLoss, balanced_class_weights
+from .monitor import Monitor
+from .optim import apply_freezing, build_optimizer, set_step_lr, warming_up
+from .validation import recalibrate_batchnorm, run_validation
 
-BEST_NAME = "best.safetensors"
-LAST_NAME = "last.safetensors"
-
-#: Monitorable quantities and whether lower is better.
-MONITORS: dict[str, str] = {
-    "val_loss": "min",
-    "val_seg_loss": "min",
-    "val_cls_loss": "min",
-    "val_dice": "max",
-    "val_accuracy": "max",
-    "val_balanced_accuracy": "max",
-    "train_loss": "min",
-}
+__all__ = [
+    "BEST_NAME", "LAST_NAME", "MONITORS", "FitResult", "Trainer", "TrainingError", "dataset_labels", "seed_everything",
+    "train",
+]
 
 
 class TrainingError(RuntimeError):
@@ -85,196 +72,15 @@ class FitResult:
     model: nn.Module | None = field(default=None, repr=False)
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
-def dataset_labels(data: Dataset | DataLoader) -> list[int]:
-    """Class indices (-1 = none) of a dataset, cheaply when it exposes ``labels``."""
-    ds = data.dataset if isinstance(data, DataLoader) else data
-    if isinstance(ds, ConcatDataset):
-        return [v for d in ds.datasets for v in dataset_labels(d)]
-    if isinstance(ds, Subset):
-        inner = dataset_labels(ds.dataset)
-        return [inner[i] for i in ds.indices]
-    labels = getattr(ds, "labels", None)
-    if labels is not None:
-        return [int(v) for v in labels]
-    return [int(ds[i]["label"]) for i in range(len(ds))]  # type: ignore[arg-type]
-
-
-def _dist_env() -> tuple[int, int, int]:
-    ws = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return ws, rank, local
-
-
-def _optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optimizer/{pid}/{k}"] = v
-            else:
-                scalars.setdefault(str(pid), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, v in tensors.items():
-        if not name.startswith("optimizer/"):
-            continue
-        _, pid, key = name.split("/", 2)
-        state.setdefault(int(pid), {})[key] = v
-    for pid, kv in (meta.get("scalars") or {}).items():
-        state.setdefault(int(pid), {}).update(kv)
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def _is_out_of_memory(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None)
     return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
-
-
-def _finite(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def run_validation(
-    model: nn.Module,
-    loader: DataLoader,
-    loss_fn: MultiTaskLoss,
-    device: torch.device,
-    *,
-    threshold: float = 0.5,
-    amp: bool = False,
-    channels_last: bool = False,
-) -> dict[str, float]:
-    """Mean losses and quick metrics (per-image Dice, accuracy, balanced accuracy)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    from .metrics import dice_iou_per_image
-
-    was_training = model.training
-    model.eval()
-    tot = seg = cls = 0.0
-    n_batches = n_seg = n_cls = 0
-    dices: list[np.ndarray] = []
-    y_true: list[np.ndarray] = []
-    y_pred: list[np.ndarray] = []
-    ctx = torch.autocast(device_type=device.type, dtype=torch.float16) if amp else nullcontext()
-    for batch in loader:
-        x = batch["image"].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with ctx:
-            out = model(x)
-            parts = loss_fn(out, batch)
-        n_batches += 1
-        tot += float(parts.total)
-        if parts.seg is not None:
-            seg += parts.seg * parts.n_seg
-            n_seg += parts.n_seg
-        if parts.cls is not None:
-            cls += parts.cls * parts.n_cls
-            n_cls += parts.n_cls
-        if out.seg is not None:
-            sel = torch.as_tensor(batch.get("has_mask", torch.ones(len(x)))).bool().numpy()
-            if sel.any():
-                pred = (torch.sigmoid(out.seg[:, 0].float()) > threshold).cpu().numpy()
-                true = batch["mask"][:, 0].numpy() > 0.5
-                dices.append(dice_iou_per_image(pred[sel], true[sel])[0])
-        if out.cls is not None:
-            labels = batch["label"].numpy()
-            sel = (labels >= 0) & torch.as_tensor(batch.get("has_label", torch.ones(len(x)))).bool().numpy()
-            if sel.any():
-                y_true.append(labels[sel])
-                y_pred.append(out.cls.float().argmax(1).cpu().numpy()[sel])
-    model.train(was_training)
-    res: dict[str, float] = {"val_loss": tot / max(n_batches, 1)}
-    if n_seg:
-        res["val_seg_loss"] = seg / n_seg
-    if n_cls:
-        res["val_cls_loss"] = cls / n_cls
-    if dices:
-        res["val_dice"] = float(np.concatenate(dices).mean())
-    if y_true:
-        t, p = np.concatenate(y_true), np.concatenate(y_pred)
-        res["val_accuracy"] = float((t == p).mean())
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res["val_balanced_accuracy"] = float(balanced_accuracy_score(t, p))
-    return res
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(
-    model: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    max_batches: int,
-    *,
-    skip: nn.Module | None = None,
-    channels_last: bool = False,
-) -> int:
-    """Precise BN: replace running statistics by their average over ``max_batches`` training batches.
-
-    BatchNorm layers inside ``skip`` (a frozen encoder) are left alone.
-    Returns the number of batches used.
-    """
-    skipped = {id(m) for m in skip.modules()} if skip is not None else set()
-    bns = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and id(m) not in skipped
-    ]
-    if not bns or max_batches <= 0:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in bns]
-    saved = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    model.train()
-    if skip is not None:
-        skip.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    n = 0
-    for batch in loader:
-        if n >= max_batches:
-            break
-        x = batch["image"].to(device)
-        if len(x) < 2:
-            continue
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        model(x)
-        n += 1
-    for m, mom, (mean, var) in zip(bns, momenta, saved):
-        m.momentum = mom
-        if n == 0:
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-    model.train(was_training)
-    return n
-
-
-# --------------------------------------------------------------------------- trainer
 
 
 class Trainer:
@@ -307,6 +113,11 @@ class Trainer:
         early-stopping state and history are restored).
     freeze_encoder:
         train only decoder/head (the encoder is frozen and kept in eval mode).
+    freeze_bn:
+        keep every BatchNorm layer's statistics (eval mode) and skip precise BN.
+    run:
+        the whole :class:`~napari_mtunet.config.RunConfig`, saved in the
+        checkpoints (default: assembled from the other arguments).
     """
 
     def __init__(
@@ -324,37 +135,33 @@ class Trainer:
         parent: str | None = None,
         resume_from: str | os.PathLike | None = None,
         freeze_encoder: bool = False,
+        freeze_bn: bool = False,
         data_config: DataConfig | None = None,
         extra_training_metadata: dict[str, Any] | None = None,
         num_workers: int = 0,
+        run: RunConfig | None = None,
     ):
         from ..device import resolve_device
 
         if train_data is None:
             raise TrainingError("no training data given")
-        self._resume_state: dict[str, Any] | None = None
-        self._resume_optimizer: dict[str, Any] | None = None
+        self._resume: ResumeState | None = None
         if resume_from is not None:
             from ..checkpoint import load_checkpoint
 
             model, info = load_checkpoint(resume_from, device="cpu")
-            raw = (info.metadata.get("extra") or {}).get("resume")
-            if not raw:
-                raise TrainingError(f"{resume_from}: not a resumable checkpoint (use the run's last.safetensors)")
-            state = json.loads(raw)
-            self._resume_state = state
-            self._resume_optimizer = _optimizer_from_tensors(info.extra_tensors, state["optimizer"])
+            self._resume = ResumeState.from_checkpoint(resume_from, info)
             if train_config is None:
-                train_config = TrainConfig.from_dict(info.training["train_config"])
+                train_config = info.run.train
             parent = parent if parent is not None else info.parent
         self.config = train_config or TrainConfig()
         cfg = self.config
-        self.world_size, self.rank, self.local_rank = _dist_env()
-        self.distributed = self.world_size > 1
-        if self.distributed and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{self.local_rank}")
+        self.env = DistEnv.from_environ()
+        if self.env.active and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+            self.device = torch.device(f"cuda:{self.env.local_rank}")
         else:
             self.device = resolve_device(cfg.device)
+        self.dist = Distributed(self.env, self.device)
         if isinstance(model, ModelConfig):
             from ..model import build_model
 
@@ -372,38 +179,52 @@ class Trainer:
         self.cancel = cancel if cancel is not None else CancelToken()
         self.parent = parent
         self.freeze_encoder = freeze_encoder
+        self.freeze_bn = freeze_bn
         self.data_config = data_config
         self.extra_training_metadata = dict(extra_training_metadata or {})
         self.num_workers = int(num_workers)
-        self.monitor = cfg.monitor
-        if self.monitor not in MONITORS:
-            raise TrainingError(f"unknown monitor {self.monitor!r}; choose from {sorted(MONITORS)}")
-        if val_data is None and self.monitor.startswith("val_"):
-            self.monitor = "train_loss"
-        needs = {"val_dice": ("both", "seg"), "val_seg_loss": ("both", "seg")}
-        needs.update({k: ("both", "cls") for k in ("val_accuracy", "val_balanced_accuracy", "val_cls_loss")})
-        if self.monitor in needs and self.task not in needs[self.monitor]:
-            raise TrainingError(f"monitor {self.monitor!r} is not available for task {self.task!r}")
-        self.mode = MONITORS[self.monitor]
+        self._run = run
+        monitor = cfg.monitor
+        if monitor not in MONITORS:
+            raise TrainingError(f"unknown monitor {monitor!r}; choose from {sorted(MONITORS)}")
+        if val_data is None and monitor.startswith("val_"):
+            monitor = "train_loss"
+        try:
+            RunConfig(model=self.model_config, train=cfg.replace(monitor=monitor)).validate()
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.monitor = Monitor(monitor, cfg.early_stopping_patience)
         self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
         self.channels_last = bool(cfg.channels_last) and self.device.type == "cuda"
-        # class weights from the training split
         class_weights = None
         if self.task in ("both", "cls") and cfg.class_weights == "balanced":
             labels = train_labels if train_labels is not None else dataset_labels(train_data)
             class_weights = balanced_class_weights(labels, self.model_config.num_classes)
         self.class_weights = class_weights
-        self.loss_fn = MultiTaskLoss(
-            self.task, w_seg=cfg.w_seg, w_cls=cfg.w_cls, seg_loss=cfg.seg_loss, class_weights=class_weights
-        )
+        w_seg, w_cls = RunConfig(model=self.model_config, train=cfg.replace(monitor=monitor)).effective_loss_weights
+        self.loss_fn = MultiTaskLoss(self.task, w_seg=w_seg, w_cls=w_cls, seg_loss=cfg.seg_loss,
+                                     class_weights=class_weights)
         self.result: FitResult | None = None
         self.history: list[dict[str, Any]] = []
+        self._epoch = 0
 
     # ------------------------------------------------------------------ public
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.env.is_main
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def distributed(self) -> bool:
+        return self.env.active
 
     def fit(self) -> FitResult:
         """Train to completion (or early stop / cancel); callbacks receive every event."""
@@ -435,7 +256,41 @@ class Trainer:
                 raise exc from exc.__cause__
             raise
         finally:
-            self._cleanup()
+            self.dist.cleanup()
+
+    def run_dict(self) -> dict[str, Any]:
+        """The run configuration saved in this run's checkpoints (model and preprocessing as built)."""
+        base = self._run or RunConfig(data=self.data_config or DataConfig())
+        run = RunConfig(
+            model=self.model_config,
+            preprocessing=self.model.preprocessing,  # type: ignore[attr-defined]
+            data=base.data if self.data_config is None else self.data_config,
+            train=self.config,
+        )
+        return run.resolved().to_dict()
+
+    def training_metadata(self, epoch: int) -> dict[str, Any]:
+        meta = {
+            "train_config": self.config.to_dict(),
+            "data_config": self.data_config.to_dict() if self.data_config is not None else None,
+            "epoch": epoch,
+            "best_epoch": self.monitor.best_epoch,
+            "monitor": self.monitor.name,
+            "best_value": finite_or_none(self.monitor.best_value),
+            "n_train": len(self.train_loader.dataset),
+            "n_val": len(self.val_loader.dataset) if self.val_loader is not None else 0,
+            "class_weights": self.class_weights.tolist() if self.class_weights is not None else None,
+            "loss_weights": [self.loss_fn.w_seg, self.loss_fn.w_cls],
+            "freeze_encoder": self.freeze_encoder,
+            "freeze_bn": self.freeze_bn,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "history": [{k: finite_or_none(v) for k, v in h.items()} for h in self.history],
+        }
+        meta.update(self.extra_training_metadata)
+        return meta
+
+    # ------------------------------------------------------------------ internals
 
     def _out_of_memory_error(self, exc: BaseException) -> TrainingError:
         """Free what the failed step held and explain what to change."""
@@ -443,7 +298,8 @@ class Trainer:
 
         from .. import device as device_mod
 
-        self.optimizer.zero_grad(set_to_none=True)
+        if getattr(self, "optimizer", None) is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         gc.collect()
         device_mod.empty_cache(self.device)
         best = f" The best checkpoint so far is kept in {self.out_dir}." if self.out_dir is not None else ""
@@ -455,227 +311,165 @@ class Trainer:
         err.__cause__ = exc
         return err
 
-    # ------------------------------------------------------------------ internals
-
-    def _make_loader(self, data, train: bool) -> DataLoader:
+    def _loader(self, data: Dataset | DataLoader, train: bool) -> DataLoader:
         if isinstance(data, DataLoader):
             return data
-        cfg = self.config
-        n = len(data)
-        if n == 0:
+        if len(data) == 0:
             raise TrainingError(("training" if train else "validation") + " set is empty")
-        if train:
-            if self.distributed:
-                from torch.utils.data.distributed import DistributedSampler
-
-                sampler = DistributedSampler(
-                    data, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed
-                )
-                per_rank = math.ceil(n / self.world_size)
-            else:
-                self._generator = torch.Generator()
-                self._generator.manual_seed(cfg.seed)
-                sampler = RandomSampler(data, generator=self._generator)
-                per_rank = n
-            # a last batch of one breaks BatchNorm in train mode
-            drop_last = per_rank > cfg.batch_size and per_rank % cfg.batch_size == 1
-        else:
-            sampler = SequentialSampler(data)
-            drop_last = False
-        return DataLoader(
+        balanced = bool(self.data_config.balanced_sampling) if (train and self.data_config is not None) else False
+        return make_loader(
             data,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
+            batch_size=self.config.batch_size,
+            train=train,
+            seed=self.config.seed,
             num_workers=self.num_workers,
+            balanced_sampling=balanced,
+            world_size=self.world_size,
+            rank=self.rank,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=self.num_workers > 0,
         )
 
     def _setup(self) -> None:
         cfg = self.config
-        if self.distributed and not torch.distributed.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group(backend=backend)
-            self._own_pg = True
-        else:
-            self._own_pg = False
+        self.dist.setup()
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         model = self.model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.freeze_encoder:
-            for p in model.encoder.parameters():
-                p.requires_grad_(False)
-        encoder_ids = {id(p) for p in model.encoder.parameters()}
-        enc_params = [p for p in model.parameters() if p.requires_grad and id(p) in encoder_ids]
-        other_params = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-        if not enc_params and not other_params:
-            raise TrainingError("no trainable parameters (everything is frozen)")
-        groups = []
-        if enc_params:
-            groups.append({"params": enc_params, "lr": cfg.lr * float(cfg.encoder_lr_scale), "name": "encoder"})
-        if other_params:
-            groups.append({"params": other_params, "lr": cfg.lr, "name": "decoder_heads"})
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        for g in self.optimizer.param_groups:
-            g["base_lr"] = g["lr"]
+        apply_freezing(model, freeze_encoder=self.freeze_encoder)
+        try:
+            self.optimizer = build_optimizer(model, cfg)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
         self.scheduler = None
         if cfg.lr_schedule == "plateau":
             patience = max(1, (cfg.early_stopping_patience or 6) // 2)
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode=self.mode, factor=0.5, patience=patience
+                self.optimizer, mode=self.monitor.mode, factor=0.5, patience=patience
             )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
-        if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(model, device_ids=ids)
-        else:
-            self.ddp = model
-        self.train_loader = self._make_loader(self.train_data, True)
-        self.val_loader = self._make_loader(self.val_data, False) if self.val_data is not None else None
-        # state
+        self.ddp = self.dist.wrap(model)
+        self.train_loader = self._loader(self.train_data, True)
+        self.val_loader = self._loader(self.val_data, False) if self.val_data is not None else None
+        self.writer = CheckpointWriter(self.out_dir, self) if self.out_dir is not None else None
         self.start_epoch = 1
-        self.best_value = math.inf if self.mode == "min" else -math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
         self.best_path: Path | None = None
         self.last_path: Path | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
-        if self._resume_state is not None:
-            st = self._resume_state
-            self.optimizer.load_state_dict(self._resume_optimizer)
-            if self.scheduler is not None and st.get("scheduler"):
-                self.scheduler.load_state_dict(st["scheduler"])
-            if st.get("scaler") and self.use_amp:
-                self.scaler.load_state_dict(st["scaler"])
-            self.start_epoch = int(st["epoch"]) + 1
-            self.best_value = float(st["best_value"])
-            self.best_epoch = int(st["best_epoch"])
-            self.bad_epochs = int(st["bad_epochs"])
-            self.history = list(st.get("history") or [])
-            if self.out_dir is not None and (self.out_dir / BEST_NAME).is_file():
-                self.best_path = self.out_dir / BEST_NAME
+        if self._resume is not None:
+            st = self._resume
+            try:
+                self.optimizer.load_state_dict(st.optimizer)
+            except (ValueError, KeyError) as exc:
+                raise TrainingError(
+                    f"the checkpoint's optimizer state does not fit this model/optimizer ({exc}); "
+                    "it was written by another version or for other settings: start a new run"
+                ) from None
+            if self.scheduler is not None and st.scheduler:
+                self.scheduler.load_state_dict(st.scheduler)
+            if st.scaler and self.use_amp:
+                self.scaler.load_state_dict(st.scaler)
+            self.start_epoch = st.epoch + 1
+            self.monitor.load_state(st.monitor)
+            self.history = list(st.history)
+            if self.writer is not None and self.writer.best_path.is_file():
+                self.best_path = self.writer.best_path
 
-    def _warming_up(self, epoch: int) -> bool:
-        return float(self.config.warmup_epochs) > 0 and epoch <= math.ceil(float(self.config.warmup_epochs))
+    def _train_mode(self) -> None:
+        self.ddp.train()
+        if self.freeze_encoder:
+            self.model.encoder.eval()
+        if self.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
-    def _set_step_lr(self, epoch: int, batch: int, n_batches: int) -> None:
-        """Per-step learning rate: linear warm-up, then constant or cosine decay to 0 at the last step.
-
-        A pure function of the step index, so a resumed run follows the same curve.
-        """
+    def _train_epoch(self, epoch: int) -> Iterator[TrainEvent | dict[str, float]]:
+        """One pass over the training loader; yields BatchEnd events, then the epoch's mean losses
+        (or ``None`` when cancelled)."""
         cfg = self.config
-        step = (epoch - 1) * n_batches + (batch - 1)
-        total = max(1, int(cfg.epochs) * n_batches)
-        warm = int(round(float(cfg.warmup_epochs) * n_batches))
-        if warm > 0 and step < warm:
-            factor = (step + 1) / (warm + 1)
-        elif cfg.lr_schedule == "cosine":
-            progress = (step - warm) / max(1, total - warm)
-            factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        elif warm > 0 and step == warm:
-            factor = 1.0  # warm-up over: back to the base rate (a plateau schedule takes over from here)
-        else:
-            return
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * factor
+        loader, n_batches = self.train_loader, len(self.train_loader)
+        sums = {"loss": 0.0, "seg": 0.0, "cls": 0.0}
+        counts = {"loss": 0, "seg": 0, "cls": 0}
+        for i, batch in enumerate(loader, start=1):
+            if self.dist.any_rank(self.cancel.cancelled):
+                yield None  # type: ignore[misc]
+                return
+            x = batch["image"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ctx = torch.autocast(device_type=self.device.type, dtype=torch.float16) if self.use_amp else nullcontext()
+            with ctx:
+                out = self.ddp(x)
+                parts = self.loss_fn(out, batch)
+            if not torch.isfinite(parts.total):
+                raise TrainingError(
+                    f"loss became {float(parts.total.detach())} at epoch {epoch}, batch {i}; "
+                    "lower the learning rate or check the data"
+                )
+            set_step_lr(self.optimizer, cfg, epoch, i, n_batches)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(parts.total).backward()
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                               float(cfg.grad_clip))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            loss = float(parts.total.detach())
+            sums["loss"] += loss
+            counts["loss"] += 1
+            for key, value in (("seg", parts.seg), ("cls", parts.cls)):
+                if value is not None:
+                    sums[key] += value
+                    counts[key] += 1
+            yield BatchEnd(epoch=epoch, epochs=cfg.epochs, batch=i, n_batches=n_batches, loss=loss,
+                           seg_loss=parts.seg, cls_loss=parts.cls, lr=float(self.optimizer.param_groups[-1]["lr"]))
+        train = {"train_loss": sums["loss"] / max(counts["loss"], 1)}
+        if counts["seg"]:
+            train["train_seg_loss"] = sums["seg"] / counts["seg"]
+        if counts["cls"]:
+            train["train_cls_loss"] = sums["cls"] / counts["cls"]
+        yield train
 
-    def _cleanup(self) -> None:
-        if getattr(self, "_own_pg", False) and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-            self._own_pg = False
-
-    def _improved(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        return value < self.best_value if self.mode == "min" else value > self.best_value
-
-    def _training_metadata(self, epoch: int) -> dict[str, Any]:
-        meta = {
-            "train_config": self.config.to_dict(),
-            "data_config": self.data_config.to_dict() if self.data_config is not None else None,
-            "epoch": epoch,
-            "best_epoch": self.best_epoch,
-            "monitor": self.monitor,
-            "best_value": _finite(self.best_value),
-            "n_train": len(self.train_loader.dataset),
-            "n_val": len(self.val_loader.dataset) if self.val_loader is not None else 0,
-            "class_weights": self.class_weights.tolist() if self.class_weights is not None else None,
-            "freeze_encoder": self.freeze_encoder,
-            "world_size": self.world_size,
-            "device": str(self.device),
-            "history": [{k: _finite(v) if isinstance(v, float) else v for k, v in h.items()} for h in self.history],
-        }
-        meta.update(self.extra_training_metadata)
-        return meta
-
-    def _save(self, which: str, epoch: int, metrics: dict[str, float]) -> Path:
-        from ..checkpoint import save_checkpoint
-
-        assert self.out_dir is not None
-        path = self.out_dir / (BEST_NAME if which == "best" else LAST_NAME)
-        clean = {k: _finite(v) for k, v in metrics.items()}
-        if which == "best":
-            return save_checkpoint(
-                path, self.model, training=self._training_metadata(epoch), metrics=clean, parent=self.parent
-            )
-        tensors, opt_meta = _optimizer_to_tensors(self.optimizer)
-        resume = {
-            "epoch": epoch,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "bad_epochs": self.bad_epochs,
-            "history": self.history,
-            "optimizer": opt_meta,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.use_amp else None,
-        }
-        return save_checkpoint(
-            path,
-            self.model,
-            training=self._training_metadata(epoch),
-            metrics=clean,
-            parent=self.parent,
-            extra_tensors=tensors,
-            extra_metadata={"resume": json.dumps(resume, default=_json_default)},
-        )
-
-    def _any_rank_cancelled(self) -> bool:
-        flag = self.cancel.cancelled
-        if not self.distributed:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t.item() > 0)
-
-    def _broadcast_flag(self, flag: bool) -> bool:
-        if not self.distributed:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.broadcast(t, src=0)
-        return bool(t.item() > 0)
-
-    def _sync_buffers(self) -> None:
-        """Make BatchNorm statistics identical on every rank (rank 0's) before validation."""
-        if not self.distributed:
-            return
-        for b in self.model.buffers():
-            torch.distributed.broadcast(b.data, src=0)
+    def _end_of_epoch(self, epoch: int, train: dict[str, float], t0: float, t_start: float) -> Iterator[TrainEvent]:
+        cfg = self.config
+        if cfg.bn_recalibration_batches and not self.freeze_bn:
+            recalibrate_batchnorm(self.model, self.train_loader, self.device, int(cfg.bn_recalibration_batches),
+                                  skip=self.model.encoder if self.freeze_encoder else None,
+                                  channels_last=self.channels_last)
+        self.dist.sync_buffers(self.model)
+        val: dict[str, float] = {}
+        if self.val_loader is not None:
+            val = run_validation(self.model, self.val_loader, self.loss_fn, self.device, amp=self.use_amp,
+                                 channels_last=self.channels_last)
+        metrics = {**train, **val}
+        value = metrics.get(self.monitor.name, math.nan)
+        improved = self.monitor.update(epoch, value)
+        lr = float(self.optimizer.param_groups[-1]["lr"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not warming_up(cfg, epoch):
+            self.scheduler.step(value if math.isfinite(value) else self.monitor.best_value)
+        self.history.append({"epoch": epoch, **metrics, "lr": lr, "time_s": time.perf_counter() - t0})
+        yield EpochEnd(epoch=epoch, epochs=cfg.epochs, train=train, val=val, lr=lr, monitor=self.monitor.name,
+                       monitor_value=value, improved=improved, best_epoch=self.monitor.best_epoch,
+                       best_value=self.monitor.best_value, elapsed_s=time.perf_counter() - t_start)
+        if improved:
+            if self.writer is not None and self.is_main:
+                self.best_path = self.writer.save("best", epoch, metrics)
+                yield CheckpointSaved(str(self.best_path), "best", epoch, self.monitor.name, value)
+            elif self.writer is None:
+                self._best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        if self.writer is not None and self.is_main:
+            self.last_path = self.writer.save("last", epoch, metrics)
+            yield CheckpointSaved(str(self.last_path), "last", epoch, self.monitor.name, value)
 
     def _fit(self) -> Iterator[TrainEvent]:
         self._setup()
         cfg = self.config
-        model, loader = self.ddp, self.train_loader
-        n_batches = len(loader)
-        if n_batches == 0:
+        if len(self.train_loader) == 0:
             raise TrainingError(
-                f"the training set ({len(loader.dataset)} samples) gives no batch of size {cfg.batch_size}"
+                f"the training set ({len(self.train_loader.dataset)} samples) gives no batch of size {cfg.batch_size}"
             )
         reason = "completed"
         epoch = self.start_epoch - 1
@@ -684,173 +478,36 @@ class Trainer:
             self._epoch = epoch
             # Per-epoch seeding makes a resumed run identical to an uninterrupted one.
             seed_everything(cfg.seed + 1000 * epoch)
-            if self.distributed and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            elif getattr(self, "_generator", None) is not None:
-                self._generator.manual_seed(cfg.seed + epoch)
-            model.train()
-            if self.freeze_encoder:
-                self.model.encoder.eval()
+            set_loader_epoch(self.train_loader, epoch, cfg.seed)
+            self._train_mode()
             t0 = time.perf_counter()
-            sums = {"loss": 0.0, "seg": 0.0, "cls": 0.0}
-            counts = {"loss": 0, "seg": 0, "cls": 0}
-            cancelled = False
-            for i, batch in enumerate(loader, start=1):
-                if self._any_rank_cancelled():
-                    cancelled = True
-                    break
-                x = batch["image"].to(self.device, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                ctx = torch.autocast(device_type=self.device.type, dtype=torch.float16) if self.use_amp else nullcontext()
-                with ctx:
-                    out = model(x)
-                    parts = self.loss_fn(out, batch)
-                if not torch.isfinite(parts.total):
-                    raise TrainingError(
-                        f"loss became {float(parts.total.detach())} at epoch {epoch}, batch {i}; "
-                        "lower the learning rate or check the data"
-                    )
-                self._set_step_lr(epoch, i, n_batches)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(parts.total).backward()
-                if cfg.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], float(cfg.grad_clip)
-                    )
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                loss = float(parts.total.detach())
-                sums["loss"] += loss
-                counts["loss"] += 1
-                if parts.seg is not None:
-                    sums["seg"] += parts.seg
-                    counts["seg"] += 1
-                if parts.cls is not None:
-                    sums["cls"] += parts.cls
-                    counts["cls"] += 1
-                yield BatchEnd(
-                    epoch=epoch,
-                    epochs=cfg.epochs,
-                    batch=i,
-                    n_batches=n_batches,
-                    loss=loss,
-                    seg_loss=parts.seg,
-                    cls_loss=parts.cls,
-                    lr=float(self.optimizer.param_groups[-1]["lr"]),
-                )
-            if cancelled:
+            train = None
+            for item in self._train_epoch(epoch):
+                if isinstance(item, TrainEvent):
+                    yield item
+                else:
+                    train = item
+            if train is None:
                 reason = "cancelled"
                 epoch -= 1  # this epoch did not complete
                 break
-            train = {"train_loss": sums["loss"] / max(counts["loss"], 1)}
-            if counts["seg"]:
-                train["train_seg_loss"] = sums["seg"] / counts["seg"]
-            if counts["cls"]:
-                train["train_cls_loss"] = sums["cls"] / counts["cls"]
-            if cfg.bn_recalibration_batches:
-                recalibrate_batchnorm(
-                    self.model,
-                    loader,
-                    self.device,
-                    int(cfg.bn_recalibration_batches),
-                    skip=self.model.encoder if self.freeze_encoder else None,
-                    channels_last=self.channels_last,
-                )
-            self._sync_buffers()
-            val: dict[str, float] = {}
-            if self.val_loader is not None:
-                val = run_validation(
-                    self.model,
-                    self.val_loader,
-                    self.loss_fn,
-                    self.device,
-                    amp=self.use_amp,
-                    channels_last=self.channels_last,
-                )
-            value = {**train, **val}.get(self.monitor, math.nan)
-            improved = self._improved(value)
-            if improved:
-                self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
-            else:
-                self.bad_epochs += 1
-            lr = float(self.optimizer.param_groups[-1]["lr"])
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self._warming_up(epoch):
-                self.scheduler.step(value if math.isfinite(value) else self.best_value)
-            record = {"epoch": epoch, **train, **val, "lr": lr, "time_s": time.perf_counter() - t0}
-            self.history.append(record)
-            yield EpochEnd(
-                epoch=epoch,
-                epochs=cfg.epochs,
-                train=train,
-                val=val,
-                lr=lr,
-                monitor=self.monitor,
-                monitor_value=value,
-                improved=improved,
-                best_epoch=self.best_epoch,
-                best_value=self.best_value,
-                elapsed_s=time.perf_counter() - t_start,
-            )
-            metrics = {**train, **val}
-            if improved:
-                if self.out_dir is not None and self.is_main:
-                    self.best_path = self._save("best", epoch, metrics)
-                    yield CheckpointSaved(str(self.best_path), "best", epoch, self.monitor, value)
-                elif self.out_dir is None:
-                    self._best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            if self.out_dir is not None and self.is_main:
-                self.last_path = self._save("last", epoch, metrics)
-                yield CheckpointSaved(str(self.last_path), "last", epoch, self.monitor, value)
-            stop = (
-                cfg.early_stopping_patience is not None
-                and self.bad_epochs >= int(cfg.early_stopping_patience)
-                and epoch < cfg.epochs
-            )
-            if self._broadcast_flag(stop):
+            yield from self._end_of_epoch(epoch, train, t0, t_start)
+            if self.dist.from_main(self.monitor.should_stop(epoch, cfg.epochs)):
                 reason = "early_stopping"
                 break
-        if self.distributed:
-            torch.distributed.barrier()
-        if self.out_dir is None and self._best_state is not None:
+        self.dist.barrier()
+        if self.writer is None and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
-        if self.out_dir is not None and self.last_path is None and (self.out_dir / LAST_NAME).is_file():
-            self.last_path = self.out_dir / LAST_NAME
-        self.result = FitResult(
-            reason=reason,
-            epochs_run=max(epoch, self.start_epoch - 1),
-            best_epoch=self.best_epoch,
-            best_value=self.best_value,
-            monitor=self.monitor,
-            best_checkpoint=self.best_path,
-            last_checkpoint=self.last_path,
-            history=list(self.history),
-            model=self.model,
-        )
-        yield Finished(
-            reason=reason,
-            epochs_run=self.result.epochs_run,
-            best_epoch=self.best_epoch,
-            best_value=self.best_value,
-            monitor=self.monitor,
-            best_checkpoint=str(self.best_path) if self.best_path else None,
-            last_checkpoint=str(self.last_path) if self.last_path else None,
-            history=list(self.history),
-        )
-
-
-def _json_default(obj: Any) -> Any:
-    if torch.is_tensor(obj):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-
-# --------------------------------------------------------------------------- convenience
+        if self.writer is not None and self.last_path is None and self.writer.last_path.is_file():
+            self.last_path = self.writer.last_path
+        m = self.monitor
+        self.result = FitResult(reason=reason, epochs_run=max(epoch, self.start_epoch - 1), best_epoch=m.best_epoch,
+                                best_value=m.best_value, monitor=m.name, best_checkpoint=self.best_path,
+                                last_checkpoint=self.last_path, history=list(self.history), model=self.model)
+        yield Finished(reason=reason, epochs_run=self.result.epochs_run, best_epoch=m.best_epoch,
+                       best_value=m.best_value, monitor=m.name,
+                       best_checkpoint=str(self.best_path) if self.best_path else None,
+                       last_checkpoint=str(self.last_path) if self.last_path else None, history=list(self.history))
 
 
 def train(

@@ -73,9 +73,14 @@ class MultiTaskLoss(nn.Module):
         if seg_loss not in ("bce", "dice_bce"):
             raise ValueError(f"seg_loss must be 'bce' or 'dice_bce', got {seg_loss!r}")
         self.task = task
-        # Single-task models use one term with weight 1 (the weights only matter jointly).
-        self.w_seg = float(w_seg) if task == "both" else (1.0 if task == "seg" else 0.0)
-        self.w_cls = float(w_cls) if task == "both" else (1.0 if task == "cls" else 0.0)
+        # A single-task model has one term, weighted as configured (the absent head's weight is 0:
+        # see RunConfig.effective_loss_weights, which is also what checkpoints record).
+        self.w_seg = float(w_seg) if task != "cls" else 0.0
+        self.w_cls = float(w_cls) if task != "seg" else 0.0
+        if task == "seg" and self.w_seg <= 0:
+            raise ValueError("task 'seg' needs w_seg > 0")
+        if task == "cls" and self.w_cls <= 0:
+            raise ValueError("task 'cls' needs w_cls > 0")
         self.seg_loss = seg_loss
         self.register_buffer(
             "class_weights", None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
