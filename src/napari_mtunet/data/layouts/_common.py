@@ -27,6 +27,38 @@ class LayoutResult:
         self.problems.append(Problem(str(file), kind, message, action))
 
 
+_SEPARATORS = re.compile(r"[\\/]+")
+
+
+def member_name(value: str, folder: str | None = None) -> tuple[str | None, str, str]:
+    """Check a file name read from a dataset CSV; only files directly in the dataset's folder may be named.
+
+    Returns ``(name, "", "")`` for a plain file name (or ``<folder>/<name>``
+    when ``folder`` is given), else ``(None, kind, reason)`` with kind
+    ``outside_dataset`` (an absolute path, a drive letter or ``..``: it would
+    read a file outside the dataset root) or ``bad_filename`` (empty, a NUL
+    byte, or a path into another sub-folder).  Backslashes count as
+    separators, so a Windows path cannot slip through on POSIX.
+    """
+    v = str(value).strip()
+    if not v or "\0" in v:
+        return None, "bad_filename", "empty file name" if not v else "the file name contains a NUL byte"
+    parts = _SEPARATORS.split(v)
+    absolute = v.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:", v))
+    if absolute or ".." in parts:
+        return None, "outside_dataset", (
+            f"{v[:200]!r} points outside the dataset (an absolute path or '..'); only files under the dataset "
+            "root are read"
+        )
+    parts = [q for q in parts if q not in ("", ".")]
+    if folder is not None and len(parts) == 2 and parts[0] == folder:
+        parts = parts[1:]
+    if len(parts) != 1:
+        where = f"{folder}/" if folder else "the dataset folder"
+        return None, "bad_filename", f"{v[:200]!r} is not a file name in {where}"
+    return parts[0], "", ""
+
+
 def natural_key(text: str) -> list:
     """Sort key that orders ``benign (2)`` before ``benign (10)``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(text))]

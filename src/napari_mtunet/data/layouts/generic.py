@@ -6,8 +6,10 @@
     root/masks/<stem>.png        optional, same stem as the image (0/255)
     root/labels.csv              optional, header ``filename,label[,group]``
 
-``filename`` is the image file name with extension (a bare stem is accepted
-too).  Multi-page TIFF images become one sample per page (the mask, if any,
+``filename`` is the image file name with extension (a bare stem, or
+``images/<name>``, is accepted too); a row naming any other path (``..``, an
+absolute path, another folder) is reported and not used: only files under
+the dataset root are read.  Multi-page TIFF images become one sample per page (the mask, if any,
 must be a TIFF with the same pages).  Images missing from ``labels.csv`` are
 kept without a class (segmentation only) and reported.
 
@@ -20,13 +22,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...csvsafe import unescape_cell
 from ..errors import DataError
 from ..io import is_image_file, read_image_info
 from ..samples import Sample
-from ._common import LayoutResult, image_files, list_dirs, list_files, natural_key, read_csv_rows
+from ._common import LayoutResult, image_files, list_dirs, list_files, member_name, natural_key, read_csv_rows
 
 NAME = "generic"
 LABELS_CSV = "labels.csv"
+IMAGES_DIR = "images"
 
 
 def detect(root: Path) -> bool:
@@ -66,14 +70,19 @@ def load(root: Path) -> LayoutResult:
         if "filename" not in header or "label" not in header:
             raise DataError(f"labels.csv needs the header 'filename,label[,group]', found {header}", csv_path,
                             kind="bad_csv")
+        image_names = {p.name for p in by_stem.values()}
         for row in rows:
-            name = row["filename"]
             where = f"{csv_path}:{row['__line__']}"
-            key = name if name in {p.name for p in by_stem.values()} else Path(name).stem
+            name, kind, reason = member_name(unescape_cell(row["filename"]), IMAGES_DIR)
+            if name is None:
+                res.problem(where, kind, f"{reason}; row not used")
+                continue
+            key = name if name in image_names else Path(name).stem
             if key in labels:
                 res.problem(where, "duplicate_id", f"{name} is listed more than once; the first row is used", "ignored")
                 continue
-            labels[key] = (row["label"] or None, row.get("group") or None)
+            # cells written by napari-mtunet are formula-escaped ("'=x"); read back what was meant
+            labels[key] = (unescape_cell(row["label"]) or None, unescape_cell(row.get("group") or "") or None)
         image_keys = {p.name for p in by_stem.values()} | set(by_stem)
         for key in labels:
             if key not in image_keys:

@@ -7,6 +7,9 @@ As downloaded::
     train_label_masks/<image_id>_mask.tiff  same pyramid; labels in channel 0
 
 - class: the ISUP grade (``"0"`` .. ``"5"``) of the slide, given to every patch;
+- ``image_id`` must be a plain name: a row whose id is a path (``../x``,
+  ``/abs/x``, ``sub/x``) is reported and not used, so only slides under the
+  dataset root are read;
 - group: the slide (``image_id``) so patches of one slide never cross splits;
 - mask: the provider's cancer labels binarised (``Sample.mask_values``):
 
@@ -41,7 +44,7 @@ import numpy as np
 from ..errors import DataError, LayoutError
 from ..io import read_region, tiff_levels
 from ..samples import Sample
-from ._common import LayoutResult, natural_key, read_csv_rows
+from ._common import LayoutResult, member_name, natural_key, read_csv_rows
 
 NAME = "panda"
 CANCER_VALUES: dict[str, tuple[int, ...]] = {"radboud": (3, 4, 5), "karolinska": (2,)}
@@ -128,8 +131,11 @@ def load(
     seen: set[str] = set()
     listed_images = set()
     for row in rows:
-        iid = row["image_id"]
         where = f"{csv_path}:{row['__line__']}"
+        iid, kind, reason = member_name(row["image_id"])
+        if iid is None:
+            res.problem(where, kind, f"image_id {reason}; row not used")
+            continue
         if iid in seen:
             res.problem(where, "duplicate_id", f"{iid} listed twice; the first row is used", "ignored")
             continue
