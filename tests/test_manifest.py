@@ -30,10 +30,22 @@ def test_manifest_contributions_are_discovered():
     widgets = {w.display_name for w in mf.contributions.widgets}
     assert widgets == {"Dataset", "Train", "Predict", "Annotate & fine-tune"}
     assert {s.key for s in mf.contributions.sample_data} == {"phantom", "phantom_single"}
-    patterns = {tuple(r.filename_patterns) for r in mf.contributions.readers}
-    assert ("*.safetensors",) in patterns
-    assert any(r.accepts_directories for r in mf.contributions.readers)
-    assert mf.contributions.writers[0].layer_types == ["image?", "labels"]
+    # one reader, for checkpoints; no folder reader and no writer (see napari.yaml and test_napari_citizen.py)
+    assert [(r.command, r.filename_patterns, r.accepts_directories) for r in mf.contributions.readers] == [
+        ("napari-mtunet.get_checkpoint_reader", ["*.safetensors"], False)
+    ]
+    assert not mf.contributions.writers
+    menus = {menu: [item.command for item in items] for menu, items in mf.contributions.menus.items()}
+    assert menus == {
+        "napari/layers/segment": ["napari-mtunet.predict_widget", "napari-mtunet.train_widget"],
+        "napari/layers/classify": ["napari-mtunet.predict_widget", "napari-mtunet.train_widget"],
+        "napari/layers/annotate": ["napari-mtunet.annotate_widget"],
+        "napari/file/io_utilities": ["napari-mtunet.dataset_widget"],
+    }
+    # every command is reachable from napari: a widget, the reader or a sample
+    reachable = {w.command for w in mf.contributions.widgets} | {r.command for r in mf.contributions.readers}
+    reachable |= {s.command for s in mf.contributions.sample_data}
+    assert {c.id for c in mf.contributions.commands} == reachable
 
 
 @pytest.mark.gui
@@ -50,3 +62,34 @@ def test_plugin_appears_in_plugins_menu(make_napari_viewer):
     joined = " | ".join(texts).replace("&&", "&")  # Qt escapes "&" in menu texts
     assert "MTUNet classify and segment" in joined
     assert "Predict" in joined and "Annotate & fine-tune" in joined, joined
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize(
+    "menu, path, widget",
+    [
+        ("layers_menu", ("Segment", "Predict (MTUNet classify and segment)"), "PredictWidget"),
+        ("layers_menu", ("Segment", "Train (MTUNet classify and segment)"), "TrainWidget"),
+        ("layers_menu", ("Classify", "Predict (MTUNet classify and segment)"), "PredictWidget"),
+        ("layers_menu", ("Annotate", "Annotate & fine-tune (MTUNet classify and segment)"), "AnnotateWidget"),
+        ("file_menu", ("IO Utilities", "Dataset (MTUNet classify and segment)"), "DatasetWidget"),
+    ],
+)
+def test_layers_and_file_menus_dock_the_widgets(make_napari_viewer, menu, path, widget):
+    """Layers > Segment / Classify / Annotate and File > IO Utilities hold our widgets; choosing one docks it."""
+    pytest.importorskip("napari")
+    from qtpy.QtWidgets import QWidget
+
+    from napari_mtunet import widgets
+
+    viewer = make_napari_viewer()
+    current = getattr(viewer.window, menu)
+    for i, text in enumerate(path):
+        items = {a.text().replace("&&", "&"): a for a in current.actions() if a.text()}
+        assert text in items, f"{menu} > {' > '.join(path[:i])}: no {text!r} in {sorted(items)}"
+        action = items[text]
+        current = action.menu()
+    action.trigger()
+    cls = getattr(widgets, widget)
+    docked = [w for w in viewer.window._qt_window.findChildren(QWidget) if isinstance(w, cls)]
+    assert len(docked) == 1, f"{' > '.join(path)} did not dock the {widget}"

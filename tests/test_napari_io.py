@@ -1,8 +1,10 @@
-"""Readers (dataset folders, checkpoints), the dataset writer and the sample data, through napari."""
+"""The checkpoint reader and the sample data through napari; dataset folders <-> layer data (Python API)."""
 
 from __future__ import annotations
 
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,25 +50,30 @@ def test_sample_data_loads(make_napari_viewer):
     assert single[0].data.shape == (256, 256) and single[1].metadata["mtunet"]["class_name"]
 
 
-def test_dataset_reader(make_napari_viewer, phantom_root, tmp_path):
-    from napari_mtunet._reader import get_dataset_reader
+def test_read_dataset_layer_data(make_napari_viewer, phantom_root, tmp_path):
+    from napari.layers import Layer
 
-    assert get_dataset_reader(str(tmp_path)) is None  # empty folder: not a dataset
-    assert get_dataset_reader(str(phantom_root / "labels.csv")) is None  # a file
+    from napari_mtunet._reader import read_dataset
+
     viewer = make_napari_viewer()
-    layers = viewer.open(str(phantom_root), plugin=PLUGIN)
-    image, labels = layers
+    for data, kwargs, kind in read_dataset(phantom_root):
+        viewer.add_layer(Layer.create(data, kwargs, kind))
+    image, labels = viewer.layers
     assert image.data.shape == (6, 256, 256) and labels.data.shape == (6, 256, 256)
     meta = image.metadata["mtunet"]
     rows = list(csv.DictReader(open(phantom_root / "labels.csv")))
     assert meta["classes"] == [r["label"] for r in rows]
     assert meta["layout"] == "generic" and meta["n_total"] == 6
     assert labels.data.max() == 1 and labels.data[[i for i, r in enumerate(rows) if r["label"] == "normal"]].max() == 0
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    with pytest.raises(Exception, match="empty_folder"):  # not a dataset: the error names the folder
+        read_dataset(empty)
 
 
 def test_writer_round_trip(make_napari_viewer, tmp_path):
-    from napari.plugins.io import save_layers
-
+    from napari_mtunet._reader import read_dataset
+    from napari_mtunet._writer import write_dataset
     from napari_mtunet.data import load_dataset, load_sample
     from napari_mtunet.sample_data import make_phantom
 
@@ -78,10 +85,10 @@ def test_writer_round_trip(make_napari_viewer, tmp_path):
         metadata={"mtunet": {"classes": ph.labels, "source_layer": "scan", "is_stack": True}},
     )
     out = tmp_path / "exported"
-    written = save_layers(str(out), [image, labels], plugin=PLUGIN)
+    written = write_dataset(str(out), [image.as_layer_data_tuple(), labels.as_layer_data_tuple()])
     assert len(written) == 3
     # labels alone: the image is found through metadata["mtunet"]["source_layer"]
-    written2 = save_layers(str(out), [labels], plugin=PLUGIN)
+    written2 = write_dataset(str(out), [labels.as_layer_data_tuple()])
     assert len(written2) == 3 and not set(written) & set(written2)
     report = load_dataset(out, layout="generic")
     assert len(report.samples) == 6 and not report.errors
@@ -94,9 +101,14 @@ def test_writer_round_trip(make_napari_viewer, tmp_path):
         np.testing.assert_array_equal(got_img, img)
         np.testing.assert_array_equal(got_mask, msk)
         assert s.label == lab
-    # and back into napari through the dataset reader
-    layers = viewer.open(str(out), plugin=PLUGIN)
-    assert sorted(layers[0].metadata["mtunet"]["classes"]) == sorted(ph.labels * 2)
+    # and back as layer data
+    layers = read_dataset(out)
+    assert sorted(layers[0][1]["metadata"]["mtunet"]["classes"]) == sorted(ph.labels * 2)
+    # a file where the dataset folder should be: refused, naming it
+    clash = tmp_path / "clash"
+    clash.write_text("not a folder")
+    with pytest.raises(ValueError, match="clash.*not a folder"):
+        write_dataset(str(clash), [image.as_layer_data_tuple(), labels.as_layer_data_tuple()])
 
 
 def test_writer_refuses_labels_without_image(make_napari_viewer, tmp_path):
@@ -120,6 +132,22 @@ def test_checkpoint_reader_opens_predict_widget(make_napari_viewer, tiny_checkpo
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file at all")
     assert get_checkpoint_reader(str(junk)) is None
+    huge = tmp_path / "huge_header.safetensors"  # claims a 1 TB header: never read
+    huge.write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    assert get_checkpoint_reader(str(huge)) is None
+    not_json = tmp_path / "not_json.safetensors"
+    not_json.write_bytes((4).to_bytes(8, "little") + b"\xff\xfe{[")
+    assert get_checkpoint_reader(str(not_json)) is None
+    other_format = tmp_path / "other_format.safetensors"
+    header = json.dumps({"__metadata__": {"mtunet": json.dumps({"format": "something-else"})}}).encode()
+    other_format.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert get_checkpoint_reader(str(other_format)) is None
+    assert get_checkpoint_reader(str(tmp_path)) is None  # a folder
+    assert get_checkpoint_reader([str(tiny_checkpoint), str(tiny_checkpoint)]) is None  # a stack
+    assert get_checkpoint_reader(str(tiny_checkpoint)) is not None
+    upper = tmp_path / "MODEL.SAFETENSORS"  # npe2 matches extensions case-insensitively
+    upper.write_bytes(Path(tiny_checkpoint).read_bytes())
+    assert get_checkpoint_reader(str(upper)) is not None
 
     viewer = make_napari_viewer()
     n_layers = len(viewer.layers)
@@ -133,3 +161,12 @@ def test_checkpoint_reader_opens_predict_widget(make_napari_viewer, tiny_checkpo
     # opening a second checkpoint reuses the same widget
     viewer.open(str(tiny_checkpoint), plugin=PLUGIN)
     assert len([w for w in viewer.window._qt_window.findChildren(QWidget) if isinstance(w, PredictWidget)]) == 1
+
+
+def test_checkpoint_recognition_matches_the_checkpoint_module():
+    """The reader's torch-free constants are the checkpoint format's."""
+    from napari_mtunet import _reader, checkpoint
+
+    assert _reader.CHECKPOINT_META_KEY == checkpoint.META_KEY
+    assert _reader.CHECKPOINT_FORMAT == checkpoint.FORMAT
+    assert _reader.MAX_HEADER_BYTES > checkpoint.MAX_METADATA_BYTES

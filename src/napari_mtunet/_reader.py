@@ -1,12 +1,25 @@
-"""napari readers: dataset folders (images + masks + classes) and napari-mtunet checkpoints.
+"""napari reader for napari-mtunet checkpoints, and dataset folders as layer data.
 
-Qt-free except that opening a checkpoint asks :mod:`napari_mtunet.widgets`
-to show the Predict widget with that model.
+napari calls ``get_reader`` on its GUI thread for every path it is asked to
+open, so :func:`get_checkpoint_reader` only reads the file's small JSON
+header: it imports neither torch nor torchvision (torchvision pulls in
+triton, see :func:`guard_triton`).  Opening a checkpoint docks the Predict
+widget with it.
+
+Dataset folders are deliberately *not* a napari reader.  npe2 offers a reader
+that ``accepts_directories`` for *every* folder (its ``filename_patterns`` are
+not applied to directories) and napari asks the user to choose between all
+such plugins before any ``get_reader`` could decline.  A dataset reader would
+therefore capture every folder, ``.zarr`` included.  Datasets are opened with
+the Dataset widget (off the GUI thread), which uses :func:`dataset_layer_data`;
+:func:`read_dataset` gives the same layer data from Python.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -22,24 +35,56 @@ MAX_PREVIEW = 300
 
 # --------------------------------------------------------------------------- environment guard
 
+#: Files that exist on Linux when a GPU driver is loaded: NVIDIA's kernel driver,
+#: NVIDIA device nodes (containers often expose only those), AMD ROCm's node.
+LINUX_GPU_MARKERS = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+
+
+def _accelerator_present() -> bool:
+    """Whether this process may have a GPU that triton could use, decided without importing torch.
+
+    When torch is already imported its own answer is free and exact.  Otherwise
+    look for a GPU driver: the NVIDIA kernel driver (``/proc/driver/nvidia``),
+    NVIDIA or AMD ROCm device nodes (containers often expose only those),
+    NVIDIA's CUDA driver DLL on Windows, or ``nvidia-smi`` on the PATH.
+    ``CUDA_VISIBLE_DEVICES`` set to nothing or ``-1`` hides every GPU.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            return bool(torch.cuda.is_available())
+        except Exception:  # noqa: BLE001 - a half-imported torch: fall back to the driver check
+            pass
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):
+        if any(os.path.exists(marker) for marker in LINUX_GPU_MARKERS):
+            return True
+    elif sys.platform == "win32":
+        system_root = os.environ.get("SystemRoot", r"C:\Windows")
+        if os.path.exists(os.path.join(system_root, "System32", "nvcuda.dll")):
+            return True
+    return shutil.which("nvidia-smi") is not None
+
 
 def guard_triton() -> None:
-    """Keep ``triton`` from loading inside napari when no CUDA GPU can use it.
+    """Keep ``triton`` from loading inside napari when no GPU can use it.
 
     torchvision (used by the data transforms and the model) imports
     ``torch._dynamo``, which imports ``triton`` if it is installed.  Loading
     triton's bundled LLVM into a process whose OpenGL context runs on Mesa's
     llvmpipe (software rendering: VMs, remote desktops, Xvfb) crashes the
-    whole viewer with a segmentation fault.  Without a CUDA device triton is
-    useless, so it is masked (``sys.modules["triton"] = None`` makes torch
-    treat it as absent).  Set ``MTUNET_ALLOW_TRITON=1`` to opt out.
+    whole viewer with a segmentation fault.  Without a GPU triton is useless,
+    so it is masked (``sys.modules["triton"] = None`` makes torch treat it as
+    absent).  Set ``MTUNET_ALLOW_TRITON=1`` to opt out.
+
+    This runs on napari's GUI thread (when a widget is docked or a checkpoint
+    is opened), so it never imports torch: see :func:`_accelerator_present`.
     """
     if "triton" in sys.modules or os.environ.get("MTUNET_ALLOW_TRITON"):
         return
     try:
-        import torch
-
-        if torch.cuda.is_available():
+        if _accelerator_present():
             return
     except Exception:  # noqa: BLE001 - never break napari over this
         return
@@ -47,25 +92,6 @@ def guard_triton() -> None:
 
 
 # --------------------------------------------------------------------------- dataset folders
-
-
-def get_dataset_reader(path: str | list[str]) -> Callable | None:
-    """Return a reader when ``path`` is a folder in a known dataset layout, else None."""
-    if isinstance(path, list):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    p = Path(path)
-    if not p.is_dir():
-        return None
-    guard_triton()
-    try:
-        from .data.layouts import detect_layout
-
-        detect_layout(p)
-    except Exception:  # noqa: BLE001 - not a dataset: let other readers try
-        return None
-    return read_dataset
 
 
 def _to_preview(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +170,13 @@ def load_dataset_report(root: str | os.PathLike, layout: str = "auto", strict: b
     return load_dataset(root, layout=layout, strict=strict)
 
 
-def read_dataset(path: str | list[str]) -> list[tuple]:
-    """Open a dataset folder as an image stack and a labels stack (resized previews)."""
+def read_dataset(path: str | os.PathLike | list[str]) -> list[tuple]:
+    """A dataset folder as layer data: an image stack and a labels stack (resized previews).
+
+    Not a napari reader (see the module docstring).  In Python:
+    ``for d, kw, kind in read_dataset(folder): viewer.add_layer(napari.layers.Layer.create(d, kw, kind))``;
+    in napari, the Dataset widget's "Show samples as layers" does this off the GUI thread.
+    """
     if isinstance(path, list):
         path = path[0]
     report = load_dataset_report(path)
@@ -157,22 +188,75 @@ def read_dataset(path: str | list[str]) -> list[tuple]:
 # --------------------------------------------------------------------------- checkpoints
 
 
+#: Must equal :data:`napari_mtunet.checkpoint.META_KEY` and ``FORMAT`` (a test checks);
+#: repeated here because importing :mod:`napari_mtunet.checkpoint` imports torch.
+CHECKPOINT_META_KEY = "mtunet"
+CHECKPOINT_FORMAT = "napari-mtunet-checkpoint"
+#: A safetensors header larger than this is not one of ours (our metadata is at
+#: most 16 MiB, tensor entries a few hundred KiB); nothing larger is read on the GUI thread.
+MAX_HEADER_BYTES = 24 * 1024 * 1024
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``__metadata__`` of a safetensors file, read without torch or safetensors; None when not one.
+
+    A safetensors file starts with an 8-byte little-endian header length and
+    that many bytes of JSON.  Only the header is read, and only when it is at
+    most :data:`MAX_HEADER_BYTES` and fits in the file.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            n = int.from_bytes(head, "little")
+            if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
+                return None
+            raw = fh.read(n)
+    except OSError:
+        return None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_mtunet_checkpoint(path: str | os.PathLike) -> bool:
+    """Cheap, torch-free recognition: a safetensors file whose metadata says it is a napari-mtunet checkpoint.
+
+    Full validation (format version, model configuration) happens when the
+    Predict widget loads it, where a problem is reported naming the file.
+    """
+    meta = safetensors_metadata(path)
+    raw = meta.get(CHECKPOINT_META_KEY) if meta else None
+    if not isinstance(raw, str):
+        return False
+    try:
+        info = json.loads(raw)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(info, dict) and info.get("format") == CHECKPOINT_FORMAT
+
+
 def get_checkpoint_reader(path: str | list[str]) -> Callable | None:
-    """Return a reader for napari-mtunet checkpoints; None for any other ``.safetensors`` file."""
+    """Return a reader for napari-mtunet checkpoints; None for any other ``.safetensors`` file.
+
+    Runs on napari's GUI thread for every ``*.safetensors`` path: reads only
+    the file's JSON header and imports no torch.
+    """
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
     p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
+    if p.suffix.lower() != ".safetensors" or not p.is_file():
         return None
-    guard_triton()
-    try:
-        from .checkpoint import read_metadata
-
-        read_metadata(p)
-    except Exception:  # noqa: BLE001 - not ours (e.g. a Hugging Face model)
-        return None
+    if not is_mtunet_checkpoint(p):
+        return None  # not ours (e.g. a Hugging Face model): let other readers try
     return read_checkpoint
 
 
@@ -180,6 +264,7 @@ def read_checkpoint(path: str | list[str]) -> list[tuple]:
     """Show the Predict widget with this model loaded; adds no layers."""
     if isinstance(path, list):
         path = path[0]
+    guard_triton()  # before the widgets import torchvision
     from .widgets import open_predict_widget
 
     open_predict_widget(str(path))

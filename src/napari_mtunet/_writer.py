@@ -1,9 +1,17 @@
-"""napari writer: a Labels layer (+ its image) with class metadata -> the generic dataset layout.
+"""Labels layers (+ their images) with class metadata -> the generic dataset layout.
 
 Every slice becomes one new, uniquely named sample (``images/``, ``masks/``
 and a row appended atomically to ``labels.csv``) through the data
 package's :func:`~napari_mtunet.data.write_generic_sample`; nothing existing
 is overwritten.
+
+This is a Python API, not a napari writer contribution: npe2 gives a
+multi-layer save to a name without extension to the first extension-less
+writer that accepts the layers, and lists writers *with* an extension first
+(making one the default file type of napari's Save dialog), so either form
+would take image+labels saves away from napari's own writers.  In napari,
+the Annotate widget's "Add to training set" adds samples.  Imports neither
+torch nor torchvision.
 """
 
 from __future__ import annotations
@@ -14,6 +22,25 @@ from typing import Any
 import numpy as np
 
 from .preprocess import split_stack
+
+
+def find_source_image(labels_kwargs: dict[str, Any]) -> tuple[Any, bool] | None:
+    """The image a predicted/annotation Labels layer was made from, looked up by name in the current viewer.
+
+    ``labels_kwargs`` are the Labels layer's layer-data kwargs; its
+    ``metadata["mtunet"]["source_layer"]`` names the image layer.  Returns
+    ``(data, rgb)`` or None when there is no viewer or no such layer.
+    """
+    import napari
+
+    meta = (labels_kwargs.get("metadata") or {}).get("mtunet") or {}
+    name = meta.get("source_layer")
+    viewer = napari.current_viewer()
+    if not name or viewer is None or name not in viewer.layers:
+        return None
+    layer = viewer.layers[name]
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return data, bool(getattr(layer, "rgb", False))
 
 
 def classes_from_metadata(meta: dict[str, Any], n: int) -> list[str | None]:
@@ -37,7 +64,11 @@ def write_layers_to_dataset(
     group: str | None = None,
 ) -> list[str]:
     """Write ``image`` / ``labels`` (2-D or stacks of equal length) as new generic-layout samples."""
-    from .data import write_generic_sample
+    from .data.writer import write_generic_sample  # not ``from .data``: no torch on napari's GUI thread
+
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: exists and is not a folder; an MTUNet dataset is a folder")
 
     images, img_stack = split_stack(np.asarray(image), rgb=rgb)
     masks = [labels] if labels.ndim == 2 else [labels[i] for i in range(labels.shape[0])]
@@ -56,7 +87,13 @@ def write_layers_to_dataset(
 
 
 def write_dataset(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
-    """npe2 writer: ``[labels]`` or ``[image, labels]`` -> samples appended to the dataset at ``path``."""
+    """Layer-data tuples ``[labels]`` or ``[image, labels]`` -> samples appended to the dataset folder ``path``.
+
+    E.g. ``write_dataset(folder, [layer.as_layer_data_tuple() for layer in (image, labels)])``.
+    An existing generic-layout dataset is appended to; a new folder is created.
+    With only a Labels layer, its image is found in the current viewer through
+    ``metadata["mtunet"]["source_layer"]`` (see :func:`find_source_image`).
+    """
     labels = [(d, m) for d, m, k in layer_data if k == "labels"]
     images = [(d, m) for d, m, k in layer_data if k == "image"]
     if len(labels) != 1:
@@ -66,8 +103,6 @@ def write_dataset(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[st
         img, img_meta = images[0]
         rgb = img_meta.get("rgb")
     else:
-        from .widgets import find_source_image
-
         src = find_source_image(lab_meta)
         if src is None:
             raise ValueError(

@@ -44,6 +44,7 @@ def predict_dataset(
         x = batch["image"].to(dev)
         out = model(x)
         n = len(x)
+        _refuse_non_finite(out, batch, n)
         idx.append(np.asarray(batch.get("index", torch.arange(n))).reshape(-1))
         labels.append(batch["label"].numpy().reshape(-1))
         has_label.append(np.asarray(batch.get("has_label", torch.ones(n))).astype(bool).reshape(-1))
@@ -63,6 +64,23 @@ def predict_dataset(
         pred_masks=cat(pmask),
         true_masks=cat(tmask),
     )
+
+
+def _refuse_non_finite(out, batch, n: int) -> None:
+    """No metric is computed from NaN/inf outputs: they would print plausible numbers (NaN > t is False)."""
+    from ..inference import NonFiniteOutputError
+
+    for name, t in (("segmentation", out.seg), ("class", out.cls)):
+        if t is None:
+            continue
+        bad = ~torch.isfinite(t.reshape(n, -1)).all(dim=1)
+        if bool(bad.any()):
+            index = np.asarray(batch.get("index", torch.arange(n))).reshape(-1)[bad.cpu().numpy()]
+            raise NonFiniteOutputError(
+                f"the model produced NaN/infinite {name} outputs for {int(bad.sum())} image(s) (dataset item(s) "
+                f"{index[:5].tolist()}); evaluation refused, since metrics computed from them would be "
+                "meaningless (the model's weights are broken)"
+            )
 
 
 def report_from_predictions(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._reader import guard_triton
+from .._writer import find_source_image  # lives with the writer (a core module must not import the widgets)
 
 guard_triton()  # before anything imports torchvision inside napari (see guard_triton)
 
@@ -37,17 +38,3 @@ def open_predict_widget(checkpoint: str, viewer: Any = None) -> PredictWidget:
     widget.set_checkpoint(checkpoint)
     state_for(viewer).set_checkpoint(checkpoint)
     return widget
-
-
-def find_source_image(labels_kwargs: dict[str, Any]) -> tuple[Any, bool] | None:
-    """The image a predicted/annotation Labels layer was made from, looked up by name in the current viewer."""
-    import napari
-
-    meta = (labels_kwargs.get("metadata") or {}).get("mtunet") or {}
-    name = meta.get("source_layer")
-    viewer = napari.current_viewer()
-    if not name or viewer is None or name not in viewer.layers:
-        return None
-    layer = viewer.layers[name]
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return data, bool(getattr(layer, "rgb", False))
