@@ -38,6 +38,8 @@ from .device import resolve_device
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
 
 MODES = ("auto", "resize", "native", "tiled")
+#: Inference engines: PyTorch, or ONNX Runtime on the exported graph (napari_mtunet.export; CPU-only machines).
+BACKENDS = ("torch", "onnxruntime")
 
 
 class NonFiniteOutputError(ValueError):
@@ -122,7 +124,13 @@ class _Converter:
 class Predictor:
     """Run a trained model on numpy images.
 
-    ``model`` is a checkpoint path or an in-memory ``MultiTaskUNet``.
+    ``model`` is a checkpoint path (``.safetensors``), a bioimage.io package
+    exported by napari-mtunet (``.zip``, its folder or ``rdf.yaml``), an
+    ``.onnx`` file exported by napari-mtunet (``backend="onnxruntime"`` only)
+    or an in-memory ``MultiTaskUNet``.  ``backend="onnxruntime"`` runs the
+    network with ONNX Runtime (exported once per model and cached, see
+    :func:`napari_mtunet.export.onnx_model.cached_onnx`); pre- and
+    post-processing are the same code as for ``backend="torch"``.
     """
 
     def __init__(
@@ -136,7 +144,10 @@ class Predictor:
         tile_overlap: float = 0.25,
         batch_size: int = 8,
         max_resize_side: int = 2048,
+        backend: str = "torch",
     ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= threshold <= 1.0:
@@ -145,13 +156,32 @@ class Predictor:
             raise ValueError(f"tile_size must be a multiple of 32 and >= 64, got {tile_size}")
         if not 0.0 <= tile_overlap < 0.5:
             raise ValueError(f"tile_overlap must be in [0, 0.5), got {tile_overlap}")
-        self.device = resolve_device(device)
-        if isinstance(model, (str, os.PathLike)):
-            net, info = load_checkpoint(model, device=self.device)
+        self.backend = backend
+        self._ort = None  # ONNX Runtime model (backend "onnxruntime")
+        self.device = resolve_device("cpu" if backend == "onnxruntime" and device == "auto" else device)
+        if backend == "onnxruntime":
+            from .export.onnx_model import onnxruntime_providers
+
+            providers = onnxruntime_providers(self.device)
+        if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
+            if backend != "onnxruntime":
+                raise ValueError(f"{model}: an ONNX file runs with backend='onnxruntime' only")
+            from .export.onnx_model import OnnxRuntimeModel, read_onnx_info
+
+            info = read_onnx_info(model)
+            net = self._ort = OnnxRuntimeModel(model, info, providers=providers)
+        elif isinstance(model, (str, os.PathLike)):
+            from .export.package import open_model
+
+            net, info = open_model(model, device=self.device)
         else:
             net = getattr(model, "module", model)
             info = info_for_model(net)
             net = net.to(self.device)
+        if backend == "onnxruntime" and self._ort is None:
+            from .export.onnx_model import OnnxRuntimeModel, cached_onnx
+
+            self._ort = OnnxRuntimeModel(cached_onnx(net, info), info, providers=providers)
         self.model = net.eval()
         self.info: CheckpointInfo = info
         self.threshold = float(threshold)
@@ -162,8 +192,8 @@ class Predictor:
         self.max_resize_side = int(max_resize_side)
         self.stride = self.model.output_stride
         cfg = self.model.config
-        self.has_seg = self.model.decoder is not None
-        self.has_cls = self.model.classification_head is not None
+        self.has_seg = cfg.task != "cls"  # the model has a decoder
+        self.has_cls = cfg.task != "seg"  # the model has a classification head
         self.seg_classes = int(cfg.seg_classes)
         self.class_names = list(cfg.class_names)
 
@@ -185,7 +215,7 @@ class Predictor:
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(B,3,H,W) float in [0,1] on device -> (seg probabilities (B,K,H,W), class probabilities (B,C))."""
-        if batch.device.type == "cpu":
+        if batch.device.type == "cpu" and self._ort is None:
             # channels_last: ~30% less CPU time per forward than NCHW for the mobilenet_v2 UNet (oneDNN;
             # docs/benchmarks.md).  Checked by strides, not is_contiguous(): a (1, C, H, W) view whose
             # batch stride is not C*H*W passes is_contiguous(channels_last) yet convolutions treat it
@@ -193,7 +223,7 @@ class Predictor:
             n, c, h, w = batch.shape
             if batch.stride() != (c * h * w, 1, w * c, c):
                 batch = batch.clone(memory_format=torch.channels_last)
-        out = self.model(batch)
+        out = self.model(batch) if self._ort is None else self._ort(batch)
         for name, t in (("segmentation", out.seg), ("class", out.cls)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise NonFiniteOutputError(
