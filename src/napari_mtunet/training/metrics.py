@@ -201,6 +201,11 @@ def classification_metrics(
     k = len(class_names)
     if y_prob.ndim != 2 or y_prob.shape != (len(y_true), k):
         raise ValueError(f"probabilities must have shape ({len(y_true)}, {k}), got {y_prob.shape}")
+    if not np.isfinite(y_prob).all():  # argmax of NaN rows is class 0: plausible-looking, meaningless metrics
+        raise ValueError(
+            f"{int((~np.isfinite(y_prob).all(axis=1)).sum())} of {len(y_true)} probability rows hold NaN/inf; "
+            "classification metrics refused (the model's outputs are broken)"
+        )
     y_pred = y_prob.argmax(1) if len(y_true) else np.zeros(0, dtype=np.int64)
     labels = list(range(k))
     n = len(y_true)
