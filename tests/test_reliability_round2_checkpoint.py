@@ -48,7 +48,7 @@ def _forge(src, dst, change=None, *, tensors_change=None, reseal=True):
         meta["content_hash"] = ckpt.content_hash(tensors)
     if change is not None:
         change(meta)
-    if reseal and meta.get("hash_version", 1) >= 2:
+    if reseal and meta.get("hash_version") == 2:
         meta["metadata_hash"] = ckpt.metadata_hash(meta)
     save_file(tensors, str(dst), metadata={ckpt.META_KEY: json.dumps(meta)})
     return dst
