@@ -97,7 +97,10 @@ def load_source(checkpoint: Any, workdir: Path) -> Source:
             save_checkpoint(path, module)
         except CheckpointError as exc:
             raise ExportError(f"cannot export the in-memory model: {exc}") from None
-        model, info = load_checkpoint(path)
+        try:
+            model, info = load_checkpoint(path)
+        except CheckpointError as exc:
+            raise ExportError(f"cannot export the in-memory model: {exc}") from None
         info.path = None
         return Source(model, info, path)
     path = Path(checkpoint).expanduser()
