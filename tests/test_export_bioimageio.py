@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 
@@ -37,11 +38,23 @@ def checkpoint(tmp_path_factory):
     return save_checkpoint(path, model, metrics=METRICS, training=training)
 
 
+REPORT = {
+    "split": "test", "n_images": 12, "threshold": 0.5,
+    "classification": {
+        "accuracy": {"name": "accuracy", "value": 0.75, "ci_low": 0.5, "ci_high": 0.917, "n": 12, "split": "test"},
+        "per_class": {"benign": {"precision": 1.0, "recall": 0.5, "support": 4}},
+    },
+    "segmentation": {"dice": {"name": "Dice", "value": 0.64, "ci_low": 0.55, "ci_high": float("nan"), "n": 12}},
+}
+
+
 @pytest.fixture(scope="module")
 def package(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pkg") / "model.zip"
-    # the test runs below, on its own; here only the export
-    return export_bioimageio(checkpoint, out, run_test=False, authors=[{"name": "Test Author", "affiliation": "Lab"}])
+    folder = tmp_path_factory.mktemp("pkg")
+    (folder / "report.json").write_text(json.dumps(REPORT))
+    # the bioimage.io test runs below, on its own; here only the export
+    return export_bioimageio(checkpoint, folder / "model.zip", run_test=False, evaluation=folder / "report.json",
+                             authors=[{"name": "Test Author", "affiliation": "Lab"}])
 
 
 def _rdf(package) -> dict:
@@ -84,6 +97,20 @@ def test_package_describes_classes_preprocessing_card_and_licences(package, chec
     assert "random initialisation" in card and "## Validation" in card
     assert "Dataset_BUSI_with_GT" in card and "/data/private" not in card  # the folder name, not the user's path
     assert "normal tissue" in card
+    assert "## Evaluation (split `test`, 12 images)" in card
+    assert "| accuracy | 0.750 | 0.500 - 0.917 | 12 |" in card
+    assert "| Dice | 0.640 | - | 12 |" in card  # a CI bound that is not finite is not shown as a number
+    assert ours["evaluation"]["segmentation"]["dice"]["ci_high"] is None
+
+
+def test_a_malformed_evaluation_report_is_refused_before_any_work(checkpoint, tmp_path):
+    bad = tmp_path / "report.json"
+    bad.write_text('{"accuracy": 0.9}')
+    with pytest.raises(ExportError, match="report.json: not an evaluation report"):
+        export_bioimageio(checkpoint, tmp_path / "m.zip", evaluation=bad)
+    with pytest.raises(ExportError, match="missing.json: cannot read the evaluation report"):
+        export_bioimageio(checkpoint, tmp_path / "m.zip", evaluation=tmp_path / "missing.json")
+    assert not (tmp_path / "m.zip").exists()
 
 
 def test_package_reimports_exactly(package, checkpoint, tmp_path):

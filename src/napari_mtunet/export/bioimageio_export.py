@@ -156,8 +156,43 @@ def _authors(authors: Any):
     return out
 
 
+def read_evaluation(evaluation: Any) -> dict[str, Any] | None:
+    """An evaluation report (``EvaluationReport.to_dict()``: a dict, or its JSON file) checked for shape."""
+    if evaluation is None:
+        return None
+    where = "evaluation report"
+    if isinstance(evaluation, (str, os.PathLike)):
+        where = str(evaluation)
+        try:
+            evaluation = json.loads(Path(evaluation).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{where}: cannot read the evaluation report ({exc})") from None
+    if not isinstance(evaluation, dict) or not (
+        isinstance(evaluation.get("classification"), dict) or isinstance(evaluation.get("segmentation"), dict)
+    ):
+        raise ExportError(
+            f"{where}: not an evaluation report (expected the JSON written by `mtunet evaluate --json`, with "
+            "'classification' and/or 'segmentation' metrics)"
+        )
+    return _finite(evaluation)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/infinite numbers become None (YAML and JSON readers disagree about them)."""
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
 def build_description(src: Any, work: Path, *, name: str | None, description: str | None, authors: Any,
-                      license: str, version: str, sample_image: Any, include_onnx: bool, opset: int):
+                      license: str, version: str, sample_image: Any, include_onnx: bool, opset: int,
+                      evaluation: dict[str, Any] | None = None):
     """Write the package's files into ``work`` and return the bioimage.io ``ModelDescr``."""
     from bioimageio.spec.model.v0_5 import (
         ArchitectureFromLibraryDescr,
@@ -212,7 +247,8 @@ def build_description(src: Any, work: Path, *, name: str | None, description: st
     channel_names = identifiers(list(cfg.class_names)) if cfg.task != "seg" else []
     _cover(image, outputs, list(cfg.class_names), work / "cover.png")
     (work / "README.md").write_text(
-        model_card(info, channel_names=channel_names, input_size=size, onnx=include_onnx), encoding="utf-8"
+        model_card(info, channel_names=channel_names, input_size=size, onnx=include_onnx, evaluation=evaluation),
+        encoding="utf-8",
     )
     (work / "environment.yaml").write_text(_environment_yaml(), encoding="utf-8")
 
@@ -327,7 +363,8 @@ def build_description(src: Any, work: Path, *, name: str | None, description: st
                     "task": cfg.task,
                     "threshold": 0.5,
                     "preprocessing": pre.to_dict(),
-                    "metrics": json.loads(json.dumps(info.metrics, allow_nan=False, default=str)),
+                    "metrics": _finite(info.metrics),
+                    "evaluation": evaluation,
                 }
             },
         )
@@ -373,6 +410,7 @@ def export_bioimageio(
     license: str = "CC-BY-4.0",
     version: str = "0.1.0",
     sample_image: Any = None,
+    evaluation: Any = None,
     include_onnx: bool = True,
     run_test: bool = True,
     opset: int = DEFAULT_OPSET,
@@ -382,7 +420,9 @@ def export_bioimageio(
     ``checkpoint``: a ``.safetensors`` checkpoint, a package exported by
     napari-mtunet, or an in-memory model.  ``sample_image`` (array or image
     file; default the synthetic phantom) becomes the test input, resized to
-    the training size.  ``authors``: ``[{"name": ..., "affiliation": ...,
+    the training size.  ``evaluation``: an evaluation report (the JSON file
+    of ``mtunet evaluate --json``, or its dict) whose metrics and 95% CIs go
+    into the model card.  ``authors``: ``[{"name": ..., "affiliation": ...,
     "orcid": ...}]`` (default: the current user).  ``license``: an SPDX id
     for the exported weights.  ``run_test`` runs ``bioimageio.core.test_model``
     on the finished package and refuses to publish it if any check fails.
@@ -391,6 +431,7 @@ def export_bioimageio(
     """
     out = check_output(out, ".zip", overwrite=overwrite, what="bioimage.io package")
     _require_bioimageio()
+    report = read_evaluation(evaluation)
     from bioimageio.spec import save_bioimageio_package
 
     with tempfile.TemporaryDirectory(prefix="mtunet-bioimageio-") as tmpdir:
@@ -399,7 +440,7 @@ def export_bioimageio(
         src = load_source(checkpoint, Path(tmpdir))
         descr = build_description(
             src, work, name=name, description=description, authors=authors, license=license, version=version,
-            sample_image=sample_image, include_onnx=include_onnx, opset=opset,
+            sample_image=sample_image, include_onnx=include_onnx, opset=opset, evaluation=report,
         )
         with staging_file(out, ".zip") as tmp:
             try:

@@ -55,6 +55,19 @@ def metric_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def evaluation_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """``(name, value, 95% CI, n)`` for each headline metric of an evaluation report (``EvaluationReport.to_dict``)."""
+    rows = []
+    for group in ("classification", "segmentation"):
+        for key, m in (report.get(group) or {}).items():
+            if not isinstance(m, dict) or "value" not in m:
+                continue  # per-class tables, confusion matrix, class names
+            lo, hi = m.get("ci_low"), m.get("ci_high")
+            ci = f"{_fmt(lo)} - {_fmt(hi)}" if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) else "-"
+            rows.append((str(m.get("name") or key), _fmt(m.get("value")), ci, str(m.get("n", "-"))))
+    return rows
+
+
 def encoder_weights_origin(encoder_name: str, weights: str | None) -> tuple[str, str]:
     """``(where the encoder's initial weights came from, their licence)``."""
     from ..encoders import PACKAGED_WEIGHTS
@@ -120,7 +133,8 @@ def trained_on_busi(info: Any) -> bool:
     return "busi" in text
 
 
-def model_card(info: Any, *, channel_names: list[str], input_size: int, onnx: bool) -> str:
+def model_card(info: Any, *, channel_names: list[str], input_size: int, onnx: bool,
+               evaluation: dict[str, Any] | None = None) -> str:
     cfg = info.model_config
     meta = info.metadata
     encoder_weights = (meta.get("model") or {}).get("encoder_weights")
@@ -188,6 +202,17 @@ def model_card(info: Any, *, channel_names: list[str], input_size: int, onnx: bo
                 "metrics at the best epoch; 95% bootstrap confidence intervals where the checkpoint has them)."]
     else:
         out.append("No metrics are recorded in this checkpoint.")
+    if evaluation:
+        out += [
+            "",
+            f"## Evaluation (split `{evaluation.get('split', '?')}`, {evaluation.get('n_images', '?')} images)",
+            "",
+            "| metric | value | 95% CI | n |",
+            "| --- | --- | --- | --- |",
+        ]
+        out += [f"| {k} | {v} | {ci} | {n} |" for k, v, ci, n in evaluation_rows(evaluation)]
+        out += ["", "From the evaluation report supplied at export (`mtunet evaluate --json`); 95% bootstrap "
+                "confidence intervals. " + str(evaluation.get("segmentation_convention") or "")]
     out += [
         "",
         "## Validation",
