@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_mtunet.cli import main, unique_path
+from napari_mtunet.cli import main
+from napari_mtunet.paths import unique_path
 from napari_mtunet.sample_data import write_phantom_dataset
 
 FAST = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--encoder-weights", "none",
@@ -35,7 +36,10 @@ def test_info(dataset, capsys):
 
 def test_train_outputs(trained, capsys):
     assert (trained / "best.safetensors").is_file() and (trained / "last.safetensors").is_file()
-    assert set(json.loads((trained / "splits.json").read_text())) == {"train", "val", "test"}
+    from napari_mtunet.data import load_splits
+
+    split = load_splits(trained / "splits.json")[0]
+    assert split.train and split.val and split.test
     rep = json.loads((trained / "test_report.json").read_text())
     assert rep["classification"]["accuracy"]["n"] >= 1 and rep["segmentation"]["dice"]["ci_low"] is not None
 
@@ -60,22 +64,32 @@ def test_evaluate(trained, dataset, capsys, tmp_path):
 
 def test_predict_never_overwrites(trained, dataset, tmp_path, capsys):
     out = tmp_path / "pred"
-    out.mkdir()
-    mine = out / "phantom_0000_mask.png"
+    (out / "masks").mkdir(parents=True)
+    mine = out / "masks" / "phantom_0000_pred.png"
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(mine)
     (out / "predictions.csv").write_text("user data\n")
     imgs = sorted((dataset / "images").iterdir())[:2]
     assert main(["predict", str(trained / "best.safetensors"), *map(str, imgs), "--out", str(out), "--device", "cpu"]) == 0
     assert np.asarray(Image.open(mine)).max() == 7  # untouched
     assert (out / "predictions.csv").read_text() == "user data\n"
-    new = out / "phantom_0000_mask-1.png"
+    new = out / "masks" / "phantom_0000_pred-1.png"
     assert new.is_file() and np.asarray(Image.open(new)).shape == (64, 64)
     rows = (out / "predictions-1.csv").read_text().splitlines()
-    assert rows[0].startswith("image,mask_file,class,p_benign") and len(rows) == 3
+    assert rows[0].startswith("image,status,class,p_benign") and len(rows) == 3
+    assert "2 image(s) predicted" in capsys.readouterr().out
     # folder input + TIFF
     assert main(["predict", str(trained / "best.safetensors"), str(dataset / "images"), "--out", str(tmp_path / "p2"),
                  "--format", "tiff", "--device", "cpu"]) == 0
-    assert len(list((tmp_path / "p2").glob("*_mask.tif"))) == 24
+    assert len(list((tmp_path / "p2" / "masks").glob("*_pred.tif"))) == 24
+
+
+def test_predict_refuses_an_output_folder_inside_the_dataset(trained, dataset, capsys):
+    before = sorted(p.name for p in dataset.rglob("*"))
+    assert main(["predict", str(trained / "best.safetensors"), str(dataset / "images"), "--out",
+                 str(dataset / "predictions"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside the dataset" in err[0]
+    assert sorted(p.name for p in dataset.rglob("*")) == before
 
 
 def test_errors_are_one_line(tmp_path, capsys, monkeypatch):
@@ -121,9 +135,36 @@ def test_finetune_command(trained, dataset, tmp_path, capsys):
     from napari_mtunet.checkpoint import load_checkpoint
 
     out = tmp_path / "ft"
-    assert main(["finetune", str(trained / "best.safetensors"), str(dataset), "--out", str(out), "--epochs", "1",
-                 "--freeze-encoder", "--replay", str(dataset), "--replay-size", "4", "--device", "cpu", "--quiet"]) == 0
+    assert main(["finetune", str(trained / "best.safetensors"), str(dataset), "--out", str(out),
+                 "--steps-per-sample", "0.2", "--batch-size", "4", "--replay", str(dataset), "--device", "cpu",
+                 "--quiet"]) == 0
     _, info = load_checkpoint(out / "best.safetensors")
     _, parent = load_checkpoint(trained / "best.safetensors")
     assert info.parent.startswith(parent.content_hash)
-    assert info.training["finetune"]["n_replay"] == 4
+    ft = info.training["finetune"]
+    assert ft["n_replay_pool"] == 24 and ft["config"]["steps_per_sample"] == 0.2
+    assert "fine-tuned checkpoint" in capsys.readouterr().out
+
+
+def test_resume_keeps_the_run_settings_and_refuses_changes(trained, dataset, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    # options left out keep the checkpoint's settings (image size 64, batch 4, no pretrained weights)
+    assert main(["train", str(dataset), "--out", str(run), "--resume", str(run / "last.safetensors"),
+                 "--epochs", "2", "--n-boot", "10", "--quiet"]) == 0
+    from napari_mtunet.checkpoint import read_metadata
+
+    assert read_metadata(run / "last.safetensors")["training"]["epoch"] == 2
+    assert main(["train", str(dataset), "--out", str(run), "--resume", str(run / "last.safetensors"),
+                 "--epochs", "3", "--seed", "5", "--quiet"]) == 1
+    assert "train.seed: checkpoint 0, now 5" in capsys.readouterr().err
+
+
+def test_bad_numbers_are_refused_before_training(dataset, tmp_path, capsys):
+    for bad in (["--w-seg", "inf"], ["--max-samples", "0"], ["--image-size", "100"], ["--lr", "nan"]):
+        assert main(["train", str(dataset), "--out", str(tmp_path / "x"), *FAST, *bad]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mtunet: error:"), (bad, err)
+    assert not (tmp_path / "x").exists()

@@ -221,7 +221,10 @@ def test_paths_in_metadata_are_never_used_for_writing(tmp_path, tiny_model):
     from napari_mtunet.inference import Predictor
     from napari_mtunet.training import Trainer
     from napari_mtunet.training.arrays import blobs_dataset
-    from napari_mtunet.training.finetune import finetune
+    from napari_mtunet.config import FinetuneConfig
+    from napari_mtunet.events import drive
+    from napari_mtunet.sample_data import write_phantom_dataset
+    from napari_mtunet.workflows import iter_finetune
 
     from napari_mtunet.config import ModelConfig, Preprocessing, TrainConfig
     from napari_mtunet.model import build_model
@@ -250,14 +253,21 @@ def test_paths_in_metadata_are_never_used_for_writing(tmp_path, tiny_model):
     def snapshot():
         return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
 
+    new = work / "new"
+    write_phantom_dataset(new, n=6, size=64, seed=0)
+    rows = (new / "labels.csv").read_text().splitlines()
+    labels = ["../../victim/pwned", "/etc/cron.d/x"]
+    (new / "labels.csv").write_text("\n".join([rows[0], *(f"{r.split(',')[0]},{labels[i % 2]}" for i, r in
+                                                         enumerate(rows[1:]))]) + "\n")
     before = snapshot()
     pred = Predictor(src, device="cpu").predict(np.zeros((40, 50), np.uint8))
-    assert pred.class_name in ("../../victim/pwned", "/etc/cron.d/x")
+    assert pred.class_name in labels
     data = blobs_dataset(n=4, size=64)
     out = work / "ft"
-    res = finetune(src, data, None, out_dir=out, train_config=TrainConfig(epochs=1, batch_size=4, amp=False, device="cpu"))
+    cfg = FinetuneConfig(min_steps=2, max_steps=2, batch_size=4, device="cpu")
+    res = drive(iter_finetune(src, new, out, config=cfg))
     resumed = Trainer(None, TrainConfig(epochs=2, batch_size=4, amp=False, device="cpu"), data, out_dir=out,
-                      resume_from=res.last_checkpoint).fit()
+                      resume_from=res.fit.last_checkpoint).fit()
     assert resumed.epochs_run == 2
     created = sorted(set(snapshot()) - set(before))
     assert created and all(c.startswith(os.path.join("work", "ft")) for c in created), created

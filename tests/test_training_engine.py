@@ -11,7 +11,7 @@ from napari_mtunet.training import (
     Trainer,
     TrainingError,
     evaluate_model,
-    finetune,
+    parent_record,
 )
 from napari_mtunet.training.arrays import blobs_dataset
 
@@ -126,22 +126,22 @@ def test_resume_equals_uninterrupted(tmp_path, data):
     assert resumed.history[-1]["train_loss"] == pytest.approx(full.history[-1]["train_loss"], rel=1e-6)
 
 
-def test_finetune_records_parent(tmp_path, data):
+def test_freezing_keeps_encoder_weights_and_batchnorm_statistics(tmp_path, data):
+    """freeze_encoder: no encoder parameter moves; freeze_bn: no BatchNorm statistic moves anywhere."""
     train, val = data
     base = Trainer(mcfg(), tcfg(epochs=1), train, val, preprocessing=PRE, out_dir=tmp_path / "base").fit()
-    _, parent_info = load_checkpoint(base.best_checkpoint)
-    enc_before = {k: v.clone() for k, v in load_checkpoint(base.best_checkpoint)[0].encoder.state_dict().items()}
-    new = blobs_dataset(4, 64, seed=5)
-    res = finetune(
-        base.best_checkpoint, new, val, train_config=tcfg(epochs=1), out_dir=tmp_path / "ft",
-        freeze_encoder=True, replay=train, replay_size=4,
-    )
-    model, info = load_checkpoint(res.best_checkpoint)
-    assert info.parent.startswith(parent_info.content_hash)
-    ft = info.training["finetune"]
-    assert ft["n_new"] == 4 and ft["n_replay"] == 4 and ft["freeze_encoder"] is True
-    for k, v in model.encoder.state_dict().items():
-        assert torch.equal(v, enc_before[k]), k  # frozen (incl. BatchNorm statistics)
+    model, parent_info = load_checkpoint(base.best_checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    t = Trainer(model, tcfg(epochs=1), blobs_dataset(4, 64, seed=5), None, out_dir=tmp_path / "ft",
+                freeze_encoder=True, freeze_bn=True, parent=parent_record(parent_info))
+    res = t.fit()
+    child, info = load_checkpoint(res.best_checkpoint)
+    assert info.parent.startswith(parent_info.content_hash) and info.training["freeze_bn"] is True
+    after = child.state_dict()
+    for k, v in before.items():
+        if k.startswith("encoder.") or "running_" in k:
+            assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.startswith("decoder."))
 
 
 def test_bad_monitor_for_task(data):

@@ -1,41 +1,43 @@
-"""The ``mtunet`` command line.
+"""The ``mtunet`` command line: arguments -> a run config -> a workflow; events -> text.
 
     mtunet info DATASET
-    mtunet train DATASET --encoder mobilenet_v2 --task both --epochs 50 --out runs/busi
-    mtunet evaluate CKPT DATASET [--split test|val|train|all]
+    mtunet train DATASET --out runs/busi [--encoder timm-tf_efficientnet_lite0 --epochs 20 --image-size 128 ...]
+    mtunet finetune CKPT NEW_SAMPLES --out runs/ft
+    mtunet evaluate CKPT DATASET [--split auto|test|val|train|all]
     mtunet predict CKPT INPUT... --out DIR
+    mtunet export CKPT --format onnx|bioimageio --out FILE
     mtunet demo [--out DIR]
-    mtunet experiment DATASET --preset paper --out DIR [--epochs --image-size --max-samples --folds --encoders]
-    global option: mtunet --threads N COMMAND ...
+    mtunet experiment DATASET --out DIR [--study paper|finetune]
     mtunet fetch-weights ENCODER --out FILE
+    global option: mtunet --threads N COMMAND ...
 
-Distributed training: ``torchrun --nproc_per_node=N -m napari_mtunet.cli train ...``.
-Errors print one line (``mtunet: error: ...``) and exit with status 1
-(set ``MTUNET_DEBUG=1`` for the traceback).
+Every default comes from :class:`~napari_mtunet.config.RunConfig` /
+:class:`~napari_mtunet.config.FinetuneConfig` (options left out keep it;
+``--resume`` keeps the checkpoint's).  Distributed training:
+``torchrun --nproc_per_node=N -m napari_mtunet.cli train ...``.  Errors print
+one line (``mtunet: error: ...``) and exit with status 1 (set
+``MTUNET_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .paths import unique_path
+from .config import FinetuneConfig, RunConfig
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+D = RunConfig()  # the defaults shown in --help
+F = FinetuneConfig()
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line."""
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _rank() -> int:
@@ -47,40 +49,48 @@ def _say(*args: Any) -> None:
         print(*args, flush=True)
 
 
-class ProgressPrinter:
-    """Training events -> a tqdm progress bar per epoch and one summary line per epoch."""
+class TextProgress:
+    """Events -> text: a progress bar per epoch on a terminal, one line per epoch, status lines."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, stream: Any = None):
         self.enabled = enabled and _rank() == 0
+        self.stream = stream or sys.stdout
         self.bar = None
+        self.tty = sys.stderr.isatty()
 
-    def __call__(self, ev) -> None:
+    def __call__(self, ev: Any) -> None:
         if not self.enabled:
             return
-        if ev.kind == "batch_end":
+        kind = ev.kind
+        if kind == "batch_end" and self.tty:
             if self.bar is None:
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=ev.n_batches, desc=f"epoch {ev.epoch}/{ev.epochs}", leave=False, file=sys.stderr)
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{ev.loss:.4f}")
-        elif ev.kind == "epoch_end":
+        elif kind == "epoch_end":
             self._close()
             vals = {**ev.train, **ev.val}
             shown = " ".join(f"{k}={v:.4f}" for k, v in vals.items())
             star = " *" if ev.improved else ""
-            print(f"epoch {ev.epoch}/{ev.epochs} {shown} lr={ev.lr:.2e} ({ev.elapsed_s:.0f}s){star}", flush=True)
-        elif ev.kind == "finish":
+            self._print(f"epoch {ev.epoch}/{ev.epochs} {shown} lr={ev.lr:.2e} ({ev.elapsed_s:.0f}s){star}")
+        elif kind == "finish":
             self._close()
-            print(
-                f"finished ({ev.reason}) after {ev.epochs_run} epoch(s); best {ev.monitor}="
-                f"{ev.best_value:.4f} at epoch {ev.best_epoch}",
-                flush=True,
-            )
+            self._print(f"finished ({ev.reason}) after {ev.epochs_run} epoch(s); best {ev.monitor}="
+                        f"{ev.best_value:.4f} at epoch {ev.best_epoch}")
             if ev.best_checkpoint:
-                print(f"best checkpoint: {ev.best_checkpoint}", flush=True)
-        elif ev.kind == "error":
+                self._print(f"best checkpoint: {ev.best_checkpoint}")
+        elif kind == "status":
             self._close()
+            self._print(ev.text)
+        elif kind == "progress" and ev.item:
+            self._print(f"[{ev.done}/{ev.total}] {ev.item}")
+        elif kind == "error":
+            self._close()
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
 
     def _close(self) -> None:
         if self.bar is not None:
@@ -88,267 +98,142 @@ class ProgressPrinter:
             self.bar = None
 
 
-def _model_config(args, class_names: list[str]):
-    from .config import ModelConfig
+def _drive(job: Any, quiet: bool = False) -> Any:
+    from .events import drive
 
-    return ModelConfig(
-        encoder_name=args.encoder,
-        encoder_weights=None if args.encoder_weights in (None, "none", "None", "") else args.encoder_weights,
-        num_classes=max(2, len(class_names)),
-        task=args.task,
-        skip_connections=not args.no_skip,
-        class_names=class_names if len(class_names) >= 2 else [],
-    )
+    return drive(job, [TextProgress(not quiet)])
 
 
-def _train_config(args):
-    from .config import TrainConfig
-
-    return TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        w_seg=args.w_seg,
-        w_cls=args.w_cls,
-        seg_loss=args.seg_loss,
-        class_weights=None if args.no_class_weights else "balanced",
-        early_stopping_patience=None if args.patience <= 0 else args.patience,
-        monitor=args.monitor,
-        lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-        grad_clip=args.grad_clip,
-        seed=args.seed,
-        device=args.device,
-    )
+# --------------------------------------------------------------------------- arguments -> configs
 
 
-def _data_config(args, root: str):
-    from .config import AugmentConfig, DataConfig
+def _none_word(v: str | None) -> str | None:
+    return None if v is None or v.strip().lower() in ("", "none") else v
 
-    return DataConfig(
-        root=str(Path(root).resolve()),
-        layout=args.layout,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        n_folds=args.folds,
-        fold=args.fold,
-        seed=args.seed,
-        max_samples=args.max_samples,
-        num_workers=args.workers,
-        augment=AugmentConfig(enabled=not args.no_augment),
-    )
+
+def run_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
+    """``base`` with every option the user gave (options left out are None and keep ``base``'s value)."""
+    d = base.to_dict()
+    m, p, data, t, aug = d["model"], d["preprocessing"], d["data"], d["train"], d["data"]["augment"]
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    if "dataset" in given:
+        data["root"] = str(Path(given["dataset"]).resolve())
+    for opt, (section, key) in {
+        "encoder": (m, "encoder_name"), "task": (m, "task"), "image_size": (p, "image_size"),
+        "layout": (data, "layout"), "val_fraction": (data, "val_fraction"), "test_fraction": (data, "test_fraction"),
+        "folds": (data, "n_folds"), "fold": (data, "fold"), "max_samples": (data, "max_samples"),
+        "workers": (data, "num_workers"), "epochs": (t, "epochs"), "batch_size": (t, "batch_size"), "lr": (t, "lr"),
+        "w_seg": (t, "w_seg"), "w_cls": (t, "w_cls"), "seg_loss": (t, "seg_loss"), "monitor": (t, "monitor"),
+        "encoder_lr_scale": (t, "encoder_lr_scale"), "warmup_epochs": (t, "warmup_epochs"),
+        "grad_clip": (t, "grad_clip"), "device": (t, "device"),
+    }.items():
+        if opt in given:
+            section[key] = given[opt]
+    if "encoder_weights" in given:
+        m["encoder_weights"] = _none_word(given["encoder_weights"])
+    if given.get("no_skip"):
+        m["skip_connections"] = False
+    if given.get("strict"):
+        data["strict"] = True
+    if given.get("balanced_sampling"):
+        data["balanced_sampling"] = True
+    if given.get("no_augment"):
+        aug["enabled"] = False
+    if given.get("no_class_weights"):
+        t["class_weights"] = None
+    if "patience" in given:
+        t["early_stopping_patience"] = None if given["patience"] <= 0 else given["patience"]
+    if "lr_schedule" in given:
+        t["lr_schedule"] = _none_word(given["lr_schedule"])
+    if "seed" in given:
+        t["seed"] = data["seed"] = given["seed"]
+    return RunConfig.from_dict(d)
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_info(args) -> int:
-    from .training.data_bridge import load_data
+    from .config import DataConfig
+    from .workflows import load
 
-    loaded = load_data(args.dataset, args.layout, strict=args.strict)
+    loaded = load(DataConfig(root=args.dataset, layout=args.layout or "auto", strict=bool(args.strict)))
     print(loaded.summary())
     return 0
 
 
 def cmd_train(args) -> int:
-    from .config import Preprocessing
-    from .training import Trainer, evaluate_model
-    from .training.data_bridge import load_data, make_dataset, train_val_test
+    from .workflows import iter_train
 
-    dcfg = _data_config(args, args.dataset)
-    loaded = load_data(args.dataset, args.layout, strict=args.strict, max_samples=args.max_samples, seed=args.seed)
-    splits = train_val_test(loaded, dcfg)
-    pre = Preprocessing(image_size=args.image_size)
-    aug = dcfg.augment
-    train_ds = make_dataset(loaded, splits["train"], pre.image_size, augment=aug)
-    val_ds = make_dataset(loaded, splits["val"], pre.image_size) if len(splits["val"]) else None
-    test_ds = make_dataset(loaded, splits["test"], pre.image_size) if len(splits["test"]) else None
-    out = Path(args.out)
+    base = D
+    if args.resume:
+        from .checkpoint import read_metadata
+
+        base = RunConfig.from_metadata(read_metadata(args.resume))
+    run = run_from_args(args, base)
+    outcome = _drive(iter_train(run, args.out, resume=args.resume, n_boot=args.n_boot), quiet=args.quiet)
     if _rank() == 0:
-        if out.exists() and any(out.glob("*.safetensors")) and not args.resume:
-            raise CLIError(f"{out} already holds checkpoints; choose another --out or pass --resume {out}/last.safetensors")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "splits.json").write_text(
-            json.dumps({k: [loaded.key(loaded.samples[i]) for i in v] for k, v in splits.items()}, indent=1)
-        )
-    _say(loaded.headline())
-    _say(f"split: train {len(train_ds)}, val {len(val_ds or [])}, test {len(test_ds or [])}")
-    tcfg = _train_config(args)
-    trainer = Trainer(
-        None if args.resume else _model_config(args, loaded.class_names),
-        tcfg,
-        train_ds,
-        val_ds,
-        preprocessing=pre,
-        out_dir=out,
-        callbacks=[ProgressPrinter(not args.quiet)],
-        resume_from=args.resume,
-        data_config=dcfg,
-        num_workers=args.workers,
-    )
-    res = trainer.fit()
-    if _rank() != 0:
-        return 0
-    if test_ds is not None and res.best_checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
-        model, _ = load_checkpoint(res.best_checkpoint)
-        report = evaluate_model(model, test_ds, split="test", device=trainer.device, n_boot=args.n_boot)
-        print(report.format())
-        (out / "test_report.json").write_text(json.dumps(report.to_dict(), indent=1))
-    print(f"outputs in {out.resolve()}")
-    return 0 if res.reason != "cancelled" else EXIT_ERROR
+        print(f"outputs in {Path(args.out).resolve()}")
+    return 0 if outcome.reason != "cancelled" else EXIT_ERROR
 
 
 def cmd_finetune(args) -> int:
-    from .checkpoint import read_metadata
-    from .config import AugmentConfig, DataConfig, TrainConfig
-    from .training import finetune
-    from .training.data_bridge import load_data, make_dataset, train_val_test
+    from .workflows import iter_finetune
 
-    meta = read_metadata(args.checkpoint)
-    class_names = list(meta["class_names"])
-    size = int(meta["preprocessing"]["image_size"])
-    loaded = load_data(args.dataset, args.layout, class_names=class_names)
-    loaded.class_names = class_names
-    dcfg = DataConfig(root=str(loaded.root), layout=args.layout, val_fraction=args.val_fraction, test_fraction=0.0,
-                      seed=args.seed, augment=AugmentConfig(enabled=not args.no_augment))
-    splits = train_val_test(loaded, dcfg) if args.val_fraction > 0 else {"train": None, "val": []}
-    train_ds = make_dataset(loaded, splits["train"], size, augment=dcfg.augment)
-    val_ds = make_dataset(loaded, splits["val"], size) if len(splits["val"]) else None
-    replay = None
-    if args.replay:
-        rl = load_data(args.replay, "auto", class_names=class_names)
-        rl.class_names = class_names
-        replay = make_dataset(rl, None, size, augment=dcfg.augment)
-    stored = (meta.get("training") or {}).get("train_config")
-    tcfg = TrainConfig.from_dict(stored) if stored else TrainConfig()
-    tcfg.epochs, tcfg.lr, tcfg.device, tcfg.seed = args.epochs, args.lr, args.device, args.seed
-    tcfg.batch_size = args.batch_size
-    tcfg.early_stopping_patience = None if args.patience <= 0 else args.patience
-    if val_ds is None:
-        tcfg.monitor = "train_loss"
-    out = Path(args.out)
-    if out.exists() and any(out.glob("*.safetensors")):
-        raise CLIError(f"{out} already holds checkpoints; choose another --out")
-    res = finetune(args.checkpoint, train_ds, val_ds, train_config=tcfg, out_dir=out,
-                   freeze_encoder=args.freeze_encoder, replay=replay, replay_size=args.replay_size,
-                   callbacks=[ProgressPrinter(not args.quiet)], data_config=dcfg)
-    print(f"fine-tuned checkpoint: {res.best_checkpoint} (parent {Path(args.checkpoint).name})")
+    d = F.to_dict()
+    for key in ("lr", "batch_size", "steps_per_sample", "encoder_lr_scale", "replay_ratio", "check_fraction",
+                "device", "seed"):
+        if getattr(args, key, None) is not None:
+            d[key] = getattr(args, key)
+    if args.no_augment:
+        d["augment"] = False
+    if args.train_bn:
+        d["freeze_bn"] = False
+    outcome = _drive(iter_finetune(args.checkpoint, args.dataset, args.out, config=FinetuneConfig.from_dict(d),
+                                   replay=args.replay, layout=args.layout or "auto"), quiet=args.quiet)
+    if outcome.child is None:
+        raise CLIError("fine-tuning stopped before it finished; no checkpoint was written")
+    print(f"fine-tuned checkpoint: {outcome.child} (parent {Path(args.checkpoint).name})")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .config import DataConfig
-    from .training import evaluate_model
-    from .training.data_bridge import load_data, make_dataset, train_val_test
+    from .paths import unique_path, write_atomic
+    from .workflows import evaluate
 
-    model, info = load_checkpoint(args.checkpoint)
-    loaded = load_data(args.dataset, args.layout)
-    unknown = sorted({s.label for s in loaded.samples if s.label} - set(info.class_names))
-    if unknown and model.classification_head is not None:
-        raise CLIError(f"dataset classes {unknown} are unknown to the model (classes {info.class_names})")
-    loaded.class_names = list(info.class_names)
-    split = args.split
-    stored = info.training.get("data_config")
-    same_data = bool(stored) and Path(stored.get("root", "")).resolve() == loaded.root.resolve()
-    if split == "auto":
-        split = "test" if same_data else "all"
-    if split == "all":
-        idx = None
-    else:
-        if not stored:
-            raise CLIError(f"{args.checkpoint} records no data split; use --split all")
-        dcfg = DataConfig.from_dict(stored)
-        if dcfg.split_file and not Path(dcfg.split_file).is_file():
-            # A checkpoint must never decide where evaluation writes: re-derive the split
-            # (same seed, same grouping) in memory instead of saving it at a recorded path.
-            dcfg.split_file = None
-        if dcfg.max_samples:
-            loaded = load_data(args.dataset, args.layout, max_samples=dcfg.max_samples, seed=dcfg.seed)
-            loaded.class_names = list(info.class_names)
-        idx = train_val_test(loaded, dcfg)[split]
-    ds = make_dataset(loaded, idx, info.preprocessing.image_size)
-    print(f"{info.describe()}")
-    report = evaluate_model(model, ds, split=split, device=args.device, threshold=args.threshold, n_boot=args.n_boot)
-    print(report.format())
+    res = evaluate(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto", device=args.device,
+                   threshold=args.threshold, n_boot=args.n_boot)
+    print(res.model_description)
+    print(res.report.format())
     if args.json:
         path = unique_path(Path(args.json))
-        path.write_text(json.dumps(report.to_dict(), indent=1))
+        write_atomic(path, json.dumps(res.report.to_dict(), indent=1))
         print(f"report written to {path}")
     return 0
 
 
-def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    from .data.io import is_image_file
-
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q) and "_mask" not in q.stem)
-            if not found:
-                raise CLIError(f"{p}: no image files in this folder")
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise CLIError(f"{p}: no such file or folder")
-    return files
-
-
 def cmd_predict(args) -> int:
-    import numpy as np
+    from .workflows import iter_predict_files
 
-    from .inference import Predictor, read_image_file
+    outcome = _drive(iter_predict_files(args.checkpoint, args.inputs, args.out, fmt=args.format,
+                                        threshold=args.threshold, mode=args.mode, device=args.device))
+    return 0 if outcome.n_ok else EXIT_ERROR
 
-    files = _expand_inputs(args.inputs)
-    predictor = Predictor(args.checkpoint, device=args.device, threshold=args.threshold, mode=args.mode)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = unique_path(out / "predictions.csv")
-    names = predictor.class_names
-    rows = []
-    ext = ".tif" if args.format == "tiff" else ".png"
-    for f in files:
-        image = read_image_file(f)
-        pred = predictor.predict(image)
-        if isinstance(pred, list):
-            raise CLIError(f"{f}: a stack of images; predict its slices one by one")
-        mask_file = ""
-        if pred.mask is not None:
-            target = unique_path(out / f"{f.stem}_mask{ext}")
-            arr = (pred.mask > 0).astype(np.uint8) * 255
-            if ext == ".tif":
-                import tifffile
 
-                tifffile.imwrite(target, arr, compression="zlib")
-            else:
-                from PIL import Image
-
-                Image.fromarray(arr).save(target)
-            mask_file = target.name
-        row = {"image": str(f), "mask_file": mask_file}
-        if pred.class_probabilities is not None:
-            row["class"] = pred.class_name
-            row.update({f"p_{n}": f"{p:.6f}" for n, p in zip(names, pred.class_probabilities)})
-        if pred.mask is not None:
-            row["lesion_fraction"] = f"{float((pred.mask > 0).mean()):.6f}"
-        rows.append(row)
-        _say(f"{f.name}: " + (f"class {pred.class_name} " if pred.class_name else "") + (f"mask -> {mask_file}" if mask_file else ""))
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(csv_path, "x", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{len(rows)} prediction(s) written to {out.resolve()} ({csv_path.name})")
+def cmd_export(args) -> int:
+    try:
+        from .export import export_model
+    except ImportError as exc:
+        raise CLIError(f"model export is not available in this installation ({exc})") from None
+    path = export_model(args.checkpoint, args.out, args.format)
+    print(f"exported {args.checkpoint} as {args.format} to {path}")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from .training.demo import run_demo
+    from .workflows import iter_demo
 
-    run_demo(out=args.out, n=args.n, size=args.size, epochs=args.epochs, device=args.device, seed=args.seed)
+    _drive(iter_demo(out=args.out, n=args.n, size=args.size, epochs=args.epochs, device=args.device, seed=args.seed))
     return 0
 
 
@@ -357,7 +242,7 @@ def cmd_experiment(args) -> int:
 
     settings = ExperimentSettings(
         dataset=str(args.dataset),
-        layout=args.layout,
+        layout=args.layout or "auto",
         preset=args.preset,
         encoders=[e.strip() for e in args.encoders.split(",") if e.strip()],
         studies=[s.strip() for s in args.studies.split(",") if s.strip()],
@@ -368,7 +253,7 @@ def cmd_experiment(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
-        encoder_weights=None if args.encoder_weights in (None, "none", "None", "") else args.encoder_weights,
+        encoder_weights=_none_word(args.encoder_weights),
         device=args.device,
         seed=args.seed,
         n_boot=args.n_boot,
@@ -383,7 +268,8 @@ def cmd_fetch_weights(args) -> int:
     from safetensors.torch import save_file
 
     from .config import ModelConfig
-    from .model import EncoderWeightsError, MultiTaskUNet, imagenet_weights_file, load_encoder_weights
+    from .encoders import EncoderWeightsError, imagenet_weights_file, load_encoder_weights, read_state_dict
+    from .model import MultiTaskUNet
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -394,13 +280,11 @@ def cmd_fetch_weights(args) -> int:
         path = imagenet_weights_file(args.encoder)
     except EncoderWeightsError as exc:
         raise CLIError(str(exc)) from None
-    from safetensors.torch import load_file
-
     model = MultiTaskUNet(ModelConfig(encoder_name=args.encoder, encoder_weights=None, task="seg"))
-    load_encoder_weights(model.encoder, load_file(path, device="cpu"), source=path)
+    load_encoder_weights(model.encoder, read_state_dict(path), source=path, ordered=not path.endswith(".safetensors"))
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
-    save_file(state, str(out), metadata={"encoder": args.encoder, "source": "imagenet (segmentation-models-pytorch)"})
+    save_file(state, str(out), metadata={"encoder": args.encoder, "source": "imagenet"})
     print(f"{args.encoder} ImageNet encoder weights written to {out} ({len(state)} tensors); "
           f"use them with --encoder-weights {out}")
     return 0
@@ -409,34 +293,58 @@ def cmd_fetch_weights(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="mobilenet_v2", help="smp encoder name (mobilenet_v2, vgg16, ...)")
-    p.add_argument(
-        "--encoder-weights",
-        default="imagenet",
-        help="'imagenet' (needs the cached download), a local .safetensors/.pth file, or 'none'",
-    )
-    p.add_argument("--task", choices=("both", "seg", "cls"), default="both")
-    p.add_argument("--no-skip", action="store_true", help="ablation: decoder without skip connections")
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--w-seg", type=float, default=5.0, help="segmentation loss weight (paper best 5:1)")
-    p.add_argument("--w-cls", type=float, default=1.0, help="classification loss weight")
-    p.add_argument("--seg-loss", choices=("bce", "dice_bce"), default="bce")
-    p.add_argument("--no-class-weights", action="store_true", help="plain cross-entropy (no balanced class weights)")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (0 = off)")
-    p.add_argument("--monitor", default="val_loss", help="val_loss, val_dice, val_accuracy, val_balanced_accuracy ...")
-    p.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none")
-    p.add_argument("--grad-clip", type=float, default=None)
+def _h(text: str, default: Any) -> str:
+    return f"{text} (default: {default})"
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layout", default="auto", help="dataset layout (auto, busi, isic, lgg, siim, panda, generic, folders)")
-    p.add_argument("--strict", action="store_true", help="fail on any dataset problem instead of skipping")
+    p.add_argument("--layout", default=None,
+                   help=_h("dataset layout: auto, busi, isic, lgg, siim, panda, generic, folders", D.data.layout))
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="fail on any dataset problem instead of skipping the bad samples")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default=None,
+                   help=_h("smp encoder name: mobilenet_v2, vgg16, timm-tf_efficientnet_lite0 (pretrained offline), ...",
+                           D.model.encoder_name))
+    p.add_argument("--encoder-weights", default=None,
+                   help=_h("'imagenet' (timm-tf_efficientnet_lite0: from its installed package, no internet; "
+                           "others: the model hub), a local .safetensors/.pth file, or 'none'", D.model.encoder_weights))
+    p.add_argument("--task", choices=("both", "seg", "cls"), default=None, help=_h("what to train", D.model.task))
+    p.add_argument("--no-skip", action="store_true", default=None, help="ablation: decoder without skip connections")
+    p.add_argument("--image-size", type=int, default=None, help=_h("input size (multiple of 32)", D.preprocessing.image_size))
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    t = D.train
+    p.add_argument("--epochs", type=int, default=None, help=_h("epochs", t.epochs))
+    p.add_argument("--batch-size", type=int, default=None, help=_h("batch size", t.batch_size))
+    p.add_argument("--lr", type=float, default=None, help=_h("learning rate (Adam)", t.lr))
+    p.add_argument("--encoder-lr-scale", type=float, default=None,
+                   help=_h("encoder learning rate = lr x this", t.encoder_lr_scale))
+    p.add_argument("--warmup-epochs", type=float, default=None, help=_h("linear warm-up epochs", t.warmup_epochs))
+    p.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default=None, help=_h("schedule", t.lr_schedule))
+    p.add_argument("--w-seg", type=float, default=None, help=_h("segmentation loss weight", t.w_seg))
+    p.add_argument("--w-cls", type=float, default=None, help=_h("classification loss weight", t.w_cls))
+    p.add_argument("--seg-loss", choices=("bce", "dice_bce"), default=None, help=_h("segmentation loss", t.seg_loss))
+    p.add_argument("--no-class-weights", action="store_true", default=None,
+                   help="plain cross-entropy (no balanced class weights)")
+    p.add_argument("--patience", type=int, default=None, help=_h("early-stopping patience in epochs, 0 = off",
+                                                                  t.early_stopping_patience))
+    p.add_argument("--monitor", default=None, help=_h("val_loss, val_dice, val_accuracy, val_balanced_accuracy ...",
+                                                      t.monitor))
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--val-fraction", type=float, default=None, help=_h("validation fraction", D.data.val_fraction))
+    p.add_argument("--test-fraction", type=float, default=None, help=_h("held-out test fraction", D.data.test_fraction))
+    p.add_argument("--fold", type=int, default=None, help="use k-fold fold K as the test split")
+    p.add_argument("--folds", type=int, default=None, help=_h("number of folds for --fold", D.data.n_folds))
+    p.add_argument("--max-samples", type=int, default=None, help="use a stratified subset of this many images")
+    p.add_argument("--no-augment", action="store_true", default=None)
+    p.add_argument("--balanced-sampling", action="store_true", default=None, help="class-balanced batches")
+    p.add_argument("--workers", type=int, default=None, help=_h("data-loading processes", D.data.num_workers))
+    p.add_argument("--seed", type=int, default=None, help=_h("seed (split and training)", D.train.seed))
+    p.add_argument("--device", default=None, help=_h("auto, cpu, cuda, cuda:N or mps", D.train.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,41 +363,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a dataset folder")
     p.add_argument("dataset")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, splits, test report)")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, splits.json, test_report.json)")
     _add_data_args(p)
     _add_model_args(p)
     _add_train_args(p)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--fold", type=int, default=None, help="use k-fold fold K as the test split")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--resume", default=None, help="continue from a last.safetensors")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--resume", default=None,
+                   help="continue the run of this last.safetensors (its settings are kept; options given must match)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the test-report CIs")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("finetune", help="continue training a checkpoint on new samples (records its parent)")
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on a few new samples (records its parent)")
     p.add_argument("checkpoint")
-    p.add_argument("dataset", help="the new samples (any layout)")
+    p.add_argument("dataset", help="the new samples (any layout, e.g. the folder Annotate writes)")
     p.add_argument("--out", required=True)
     _add_data_args(p)
-    p.add_argument("--freeze-encoder", action="store_true")
-    p.add_argument("--replay", default=None, help="the original training dataset, mixed in (replay)")
-    p.add_argument("--replay-size", type=int, default=None, help="how many replay images (default: all)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--patience", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--replay", default=None, help="dataset to replay against forgetting "
+                   "(default: the checkpoint's own training data, when reachable)")
+    p.add_argument("--replay-ratio", type=float, default=None, help=_h("replayed samples per new sample", F.replay_ratio))
+    p.add_argument("--steps-per-sample", type=float, default=None,
+                   help=_h(f"optimisation steps per new sample (clamped to {F.min_steps}-{F.max_steps})",
+                           F.steps_per_sample))
+    p.add_argument("--lr", type=float, default=None, help=_h("learning rate", F.lr))
+    p.add_argument("--encoder-lr-scale", type=float, default=None, help=_h("encoder lr = lr x this; 0 freezes it",
+                                                                          F.encoder_lr_scale))
+    p.add_argument("--batch-size", type=int, default=None, help=_h("batch size", F.batch_size))
+    p.add_argument("--check-fraction", type=float, default=None,
+                   help=_h("fraction of the new samples held back to check before/after", F.check_fraction))
+    p.add_argument("--train-bn", action="store_true", help="update BatchNorm statistics (default: keep the base model's)")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
@@ -505,17 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="predict masks and classes for images")
+    p = sub.add_parser("predict", help="predict masks and classes for image files or folders")
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True)
+    p.add_argument("inputs", nargs="+", help="image files or folders (ground-truth *_mask* files are skipped)")
+    p.add_argument("--out", required=True, help="output folder: predictions.csv + masks/ (outside any dataset)")
     p.add_argument("--format", choices=("png", "tiff"), default="png")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--mode", choices=("auto", "resize", "native", "tiled"), default="auto")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo", help="train a small model on the synthetic phantom (CPU, ~1-2 min)")
+    p = sub.add_parser("export", help="export a checkpoint as ONNX or a bioimage.io model package")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("onnx", "bioimageio"), required=True)
+    p.add_argument("--out", required=True, help="output file (.onnx, or .zip for bioimage.io); never overwritten")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="train a small model on the synthetic phantom (CPU, under a minute)")
     p.add_argument("--out", default=None, help="output folder (default: a new ./mtunet-demo folder)")
     p.add_argument("--n", type=int, default=96, help="number of phantom images")
     p.add_argument("--size", type=int, default=64, help="image size")
@@ -533,12 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", default="baselines,ablation,weights",
                    help="comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights (sweep)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=D.train.epochs)
+    p.add_argument("--image-size", type=int, default=D.preprocessing.image_size)
     p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=D.train.batch_size)
+    p.add_argument("--lr", type=float, default=D.train.lr)
+    p.add_argument("--patience", type=int, default=D.train.early_stopping_patience or 0)
     p.add_argument("--encoder-weights", default="imagenet")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="auto")
@@ -561,7 +471,7 @@ def _version() -> str:
 
 def _one_line(exc: BaseException) -> str:
     msg = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, (KeyError,)) and msg.startswith("'"):
+    if isinstance(exc, KeyError) and msg.startswith("'"):
         msg = f"missing {msg}"
     lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
     return " ".join(lines)

@@ -470,10 +470,20 @@ class FinetuneConfig(_Dict):
     #: Replayed base samples per new sample in each batch mix (0 = no replay).
     replay_ratio: float = 1.0
     augment: bool = True
+    #: Fraction of the new samples held back (not trained on) to show before/after metrics on
+    #: images the fine-tuning never saw; none are held back when fewer than ``min_check`` + 2 are given.
+    check_fraction: float = 0.2
+    min_check: int = 2
+    #: Images of the base model's own held-out split scored before/after (forgetting), when available.
+    base_check_images: int = 40
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not 0 <= _finite("check_fraction", self.check_fraction) < 1:
+            raise ConfigError(f"check_fraction must be in [0, 1), got {self.check_fraction}")
+        if int(self.min_check) < 1 or int(self.base_check_images) < 0:
+            raise ConfigError("min_check must be >= 1 and base_check_images >= 0")
         if not 0 < _finite("steps_per_sample", self.steps_per_sample) <= 1000:
             raise ConfigError(f"steps_per_sample must be in (0, 1000], got {self.steps_per_sample}")
         if not 1 <= int(self.min_steps) <= int(self.max_steps) <= 100_000:
@@ -486,6 +496,12 @@ class FinetuneConfig(_Dict):
             raise ConfigError(f"encoder_lr_scale must be in [0, 10], got {self.encoder_lr_scale}")
         if not 0 <= _finite("replay_ratio", self.replay_ratio) <= 100:
             raise ConfigError(f"replay_ratio must be in [0, 100], got {self.replay_ratio}")
+
+    def n_check(self, n_new: int) -> int:
+        """How many of ``n_new`` samples are held back for the before/after check."""
+        if self.check_fraction <= 0 or n_new < int(self.min_check) + 2:
+            return 0
+        return max(int(self.min_check), int(round(self.check_fraction * n_new)))
 
     def steps_for(self, n_new: int) -> int:
         """Optimisation steps for ``n_new`` corrected samples."""
@@ -521,8 +537,9 @@ class RunConfig(_Dict):
         task = self.model.task
         monitor = self.train.monitor
         if monitor in _MONITOR_TASKS and task not in _MONITOR_TASKS[monitor]:
-            raise ConfigError(f"monitor {monitor!r} needs a {'segmentation' if 'dice' in monitor or 'seg' in monitor else 'classification'} "
-                              f"head; task {task!r} has none (choose another monitor or task)")
+            head = "segmentation" if task == "cls" else "classification"
+            raise ConfigError(f"monitor {monitor!r} is not available for task {task!r} (it needs the {head} head); "
+                              "choose another monitor or task")
         t = self.train
         if task == "seg" and t.w_seg <= 0:
             raise ConfigError("task 'seg' trains only the segmentation loss: w_seg must be > 0")

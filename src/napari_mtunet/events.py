@@ -1,8 +1,9 @@
-"""Training events, callbacks and the cancel token.
+"""Events, callbacks and the cancel token: how every long job reports and is stopped.
 
-The trainer reports through plain dataclasses (JSON-friendly via
-``to_dict``), never through prints, so the CLI can draw a progress bar and
-the napari widgets can stream them out of a thread worker::
+The trainer and the workflows (train, fine-tune, evaluate, predict files)
+report through plain dataclasses (JSON-friendly via ``to_dict``), never
+through prints, so the CLI can draw a progress bar and the napari widgets
+can stream them out of a thread worker::
 
     for event in trainer.iter_fit():       # in a napari thread_worker
         yield event                        # -> widget updates plots/progress
@@ -12,8 +13,9 @@ or with callbacks::
     trainer = Trainer(..., callbacks=[MyCallback()])   # methods on_<kind>
     trainer.fit()
 
-Event kinds (``event.kind``): ``batch_end``, ``epoch_end``, ``checkpoint``,
-``finish``, ``error``.
+Event kinds (``event.kind``): ``status`` (a line of text for the user),
+``progress`` (``done`` of ``total`` items of a non-training job),
+``batch_end``, ``epoch_end``, ``checkpoint``, ``finish``, ``error``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,25 @@ class TrainEvent:
         d = _clean(asdict(self))
         d["kind"] = self.kind
         return d
+
+
+@dataclass
+class Status(TrainEvent):
+    """What a job is doing now, in words (shown in a status line or printed)."""
+
+    kind: ClassVar[str] = "status"
+    text: str
+
+
+@dataclass
+class Progress(TrainEvent):
+    """``done`` of ``total`` items of a job (files predicted, images evaluated ...)."""
+
+    kind: ClassVar[str] = "progress"
+    done: int
+    total: int
+    what: str = ""
+    item: str = ""
 
 
 @dataclass
@@ -129,6 +150,10 @@ class CancelToken:
 class Callback:
     """Base class: override any of the ``on_*`` methods."""
 
+    def on_status(self, event: Status) -> None: ...
+
+    def on_progress(self, event: Progress) -> None: ...
+
     def on_batch_end(self, event: BatchEnd) -> None: ...
 
     def on_epoch_end(self, event: EpochEnd) -> None: ...
@@ -141,6 +166,8 @@ class Callback:
 
 
 _METHOD = {
+    "status": "on_status",
+    "progress": "on_progress",
     "batch_end": "on_batch_end",
     "epoch_end": "on_epoch_end",
     "checkpoint": "on_checkpoint",
@@ -171,7 +198,24 @@ class History(Callback):
     def on_batch_end(self, event):
         self.events.append(event)
 
-    on_epoch_end = on_checkpoint = on_finish = on_error = on_batch_end
+    on_status = on_progress = on_epoch_end = on_checkpoint = on_finish = on_error = on_batch_end
 
     def of(self, kind: str) -> list[TrainEvent]:
         return [e for e in self.events if e.kind == kind]
+
+
+def drive(job: Any, callbacks: list[Callback | Callable[[TrainEvent], Any]] | tuple = ()) -> Any:
+    """Run a job generator to its end, sending each event to ``callbacks``; returns the job's result.
+
+    Jobs (the workflows) are generators that yield events and ``return`` their
+    result; the CLI and the API call them through this, the napari widgets
+    iterate them in a worker thread.
+    """
+    callbacks = list(callbacks)
+    while True:
+        try:
+            ev = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(ev, TrainEvent):
+            dispatch(ev, callbacks)

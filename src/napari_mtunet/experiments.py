@@ -120,7 +120,9 @@ def plan_runs(settings: ExperimentSettings) -> list[RunSpec]:
 
 
 def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str], None] = print) -> Path:
-    from .training.data_bridge import kfold_indices, load_data
+    from .config import DataConfig
+    from .data import save_splits
+    from .workflows.data import kfold, load
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,12 +134,11 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
                 f"{out} holds an experiment with different settings ({settings_file}); use another --out"
             )
     settings_file.write_text(json.dumps({"settings": asdict(settings), "fingerprint": settings.fingerprint()}, indent=1))
-    loaded = load_data(settings.dataset, settings.layout, max_samples=settings.max_samples, seed=settings.seed)
+    loaded = load(DataConfig(root=settings.dataset, layout=settings.layout, max_samples=settings.max_samples,
+                             seed=settings.seed))
     log(loaded.headline())
-    folds = kfold_indices(loaded, settings.folds, settings.seed, val_fraction=settings.val_fraction)
-    (out / "folds.json").write_text(
-        json.dumps([{part: [loaded.key(loaded.samples[i]) for i in f[part]] for part in f} for f in folds], indent=0)
-    )
+    folds = kfold(loaded, settings.folds, settings.seed, val_fraction=settings.val_fraction)
+    save_splits(out / "folds.json", folds, root=loaded.root)
     store: dict = {}
     runs = plan_runs(settings)
     t0 = time.perf_counter()
@@ -156,6 +157,28 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
     return write_report(out, settings, loaded, log=log)
 
 
+def run_config_for(spec: RunSpec, settings: ExperimentSettings, class_names: list[str]):
+    """The run configuration of one experiment run (defaults from RunConfig, budget from the settings)."""
+    from .config import AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+
+    base = RunConfig()
+    return RunConfig(
+        model=ModelConfig(encoder_name=spec.encoder, encoder_weights=settings.encoder_weights, task=spec.task,
+                          skip_connections=spec.skip).with_classes(class_names),
+        preprocessing=Preprocessing(image_size=settings.image_size),
+        data=DataConfig(root=settings.dataset, layout=settings.layout, val_fraction=settings.val_fraction,
+                        test_fraction=0.0, n_folds=settings.folds, fold=spec.fold, seed=settings.seed,
+                        max_samples=settings.max_samples,
+                        augment=AugmentConfig.from_dict({**base.data.augment.to_dict(), "enabled": settings.augment})),
+        train=TrainConfig.from_dict({
+            **base.train.to_dict(), "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr,
+            "w_seg": spec.w_seg if spec.task != "cls" else 1.0, "w_cls": spec.w_cls if spec.task != "seg" else 1.0,
+            "early_stopping_patience": settings.patience if settings.patience > 0 else None,
+            "device": settings.device, "seed": settings.seed + spec.fold,
+        }),
+    )
+
+
 class _EpochLogger:
     def __init__(self, key: str, log: Callable[[str], None]):
         self.key, self.log = key, log
@@ -171,47 +194,27 @@ def _run_one(
     log: Callable[[str], None] = print,
 ) -> dict:
     from .checkpoint import load_checkpoint
-    from .config import AugmentConfig, ModelConfig, Preprocessing, TrainConfig
-    from .training.data_bridge import make_dataset
     from .training.engine import Trainer
     from .training.evaluate import predict_dataset, report_from_predictions
     from .training.metrics import dice_iou_per_image
+    from .workflows.data import prepare
 
     t0 = time.perf_counter()
-    tr_idx, val_idx, test_idx = fold["train"], fold["val"], fold["test"]
-    size = settings.image_size
-    aug = AugmentConfig(enabled=settings.augment)
-    train_ds = make_dataset(loaded, tr_idx, size, augment=aug, store=store)
-    val_ds = make_dataset(loaded, val_idx, size, store=store)
-    test_ds = make_dataset(loaded, test_idx, size, store=store)
-    mcfg = ModelConfig(
-        encoder_name=spec.encoder,
-        encoder_weights=settings.encoder_weights,
-        num_classes=len(loaded.class_names),
-        task=spec.task,
-        skip_connections=spec.skip,
-        class_names=loaded.class_names,
-    )
-    tcfg = TrainConfig(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        w_seg=spec.w_seg if spec.task == "both" else 1.0,
-        w_cls=spec.w_cls if spec.task == "both" else 1.0,
-        early_stopping_patience=settings.patience if settings.patience > 0 else None,
-        monitor="val_loss",
-        device=settings.device,
-        seed=settings.seed + spec.fold,
-    )
+    run = run_config_for(spec, settings, loaded.class_names)
+    data = prepare(run, loaded=loaded, split=fold, store=store)
+    train_ds, val_ds, test_ds = data.train, data.val, data.test
+    test_idx = data.indices["test"]
     last = run_dir / "last.safetensors"
     trainer = Trainer(
-        None if last.is_file() else mcfg,
-        tcfg,
+        None if last.is_file() else run.model,
+        run.train,
         train_ds,
         val_ds,
-        preprocessing=Preprocessing(image_size=size),
+        preprocessing=run.preprocessing,
         out_dir=run_dir,
         resume_from=last if last.is_file() else None,
+        data_config=run.data,
+        run=run,
         extra_training_metadata={"experiment": {"run": spec.key, **asdict(spec)}},
         callbacks=[_EpochLogger(spec.key, log)],
     )
@@ -239,7 +242,7 @@ def _run_one(
         "key": spec.key,
         "metrics": {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scalars.items()},
         "n_train": len(train_ds),
-        "n_val": len(val_ds),
+        "n_val": len(val_ds) if val_ds is not None else 0,
         "n_test": len(test_ds),
         "epochs_run": fit.epochs_run,
         "best_epoch": fit.best_epoch,
@@ -559,23 +562,22 @@ def _examples(out: Path, enc: str, ckpt: Path, loaded) -> list[tuple[str, str]]:
 
     from .checkpoint import load_checkpoint
     from .explain import grad_cam
-    from .training.data_bridge import make_dataset
+    from .data import load_splits
+    from .workflows.data import split_indices
 
-    folds = json.loads((out / "folds.json").read_text())
-    ids = {loaded.key(s): i for i, s in enumerate(loaded.samples)}
-    test_idx = [ids[s] for s in folds[0]["test"] if s in ids]
+    test_idx = split_indices(loaded, load_splits(out / "folds.json")[0])["test"]
     # a few of each class
     per_class: dict[int, list[int]] = {}
     for i in test_idx:
-        per_class.setdefault(loaded.label_index(loaded.samples[i]), []).append(i)
+        per_class.setdefault(loaded.label_index(loaded.samples[i]), []).append(int(i))
     chosen = [i for c in sorted(per_class) for i in per_class[c][:2]][:6]
     model, info = load_checkpoint(ckpt)
-    ds = make_dataset(loaded, chosen, info.preprocessing.image_size)
+    ds = loaded.dataset(chosen, info.preprocessing)
     x = torch.stack([ds[j]["image"] for j in range(len(ds))])
     with torch.no_grad():
         o = model(x)
-    probs = torch.softmax(o.cls, 1).numpy()
-    masks = (torch.sigmoid(o.seg[:, 0]) > 0.5).numpy()
+    probs = o.class_probabilities().numpy()
+    masks = o.masks(0.5).numpy()
     cams = grad_cam(model, x)
     names = loaded.class_names
     k = len(ds)

@@ -43,6 +43,22 @@ class ModelOutput(NamedTuple):
     seg: torch.Tensor | None  # (B, seg_classes, H, W) logits
     cls: torch.Tensor | None  # (B, num_classes) logits
 
+    # The one place where logits become probabilities and masks (training
+    # validation, evaluation, the Predictor and fine-tuning metrics use these).
+
+    def class_probabilities(self) -> torch.Tensor | None:
+        """``(B, num_classes)`` softmax probabilities (float32), or None without a class head."""
+        return None if self.cls is None else torch.softmax(self.cls.float(), dim=1)
+
+    def mask_probability(self) -> torch.Tensor | None:
+        """``(B, H, W)`` foreground probability (float32), or None without a decoder."""
+        return None if self.seg is None else torch.sigmoid(self.seg[:, 0].float())
+
+    def masks(self, threshold: float = 0.5) -> torch.Tensor | None:
+        """``(B, H, W)`` boolean masks: foreground probability above ``threshold``."""
+        p = self.mask_probability()
+        return None if p is None else p > threshold
+
 
 class MultiTaskUNet(nn.Module):
     """UNet (smp) with an optional decoder and an optional classification head."""

@@ -1,8 +1,6 @@
 """Training engine, losses, metrics and evaluation (Qt-free)."""
 
-from .engine import BEST_NAME, LAST_NAME, MONITORS, FitResult, Trainer, TrainingError, dataset_labels, train
-from .evaluate import DatasetPredictions, evaluate_model, predict_dataset, report_from_predictions
-from .events import (
+from ..events import (
     BatchEnd,
     Callback,
     CancelToken,
@@ -11,9 +9,13 @@ from .events import (
     Failed,
     Finished,
     History,
+    Progress,
+    Status,
     TrainEvent,
 )
-from .finetune import finetune, make_finetune_trainer
+from .engine import BEST_NAME, LAST_NAME, MONITORS, FitResult, Trainer, TrainingError, dataset_labels, train
+from .evaluate import DatasetPredictions, evaluate_model, predict_dataset, report_from_predictions
+from .finetune import parent_record
 from .losses import MultiTaskLoss, balanced_class_weights
 from .metrics import EvaluationReport, MetricValue, classification_metrics, segmentation_metrics
 
@@ -34,6 +36,8 @@ __all__ = [
     "History",
     "MetricValue",
     "MultiTaskLoss",
+    "Progress",
+    "Status",
     "TrainEvent",
     "Trainer",
     "TrainingError",
@@ -41,8 +45,7 @@ __all__ = [
     "classification_metrics",
     "dataset_labels",
     "evaluate_model",
-    "finetune",
-    "make_finetune_trainer",
+    "parent_record",
     "predict_dataset",
     "report_from_predictions",
     "segmentation_metrics",

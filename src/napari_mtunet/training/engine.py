@@ -43,7 +43,7 @@ from ..config import MONITORS, DataConfig, ModelConfig, Preprocessing, RunConfig
 from ..data.dataset import dataset_labels, make_loader, set_loader_epoch
 from .checkpointing import BEST_NAME, LAST_NAME, CheckpointWriter, ResumeState, finite_or_none
 from .distributed import DistEnv, Distributed
-from .events import BatchEnd, Callback, CancelToken, CheckpointSaved, EpochEnd, Failed, Finished, TrainEvent, dispatch
+from ..events import BatchEnd, Callback, CancelToken, CheckpointSaved, EpochEnd, Failed, Finished, TrainEvent, dispatch
 from .losses import MultiTaskLoss, balanced_class_weights
 from .monitor import Monitor
 from .optim import apply_freezing, build_optimizer, set_step_lr, warming_up

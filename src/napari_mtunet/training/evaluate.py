@@ -50,9 +50,9 @@ def predict_dataset(
         has_label.append(np.asarray(batch.get("has_label", torch.ones(n))).astype(bool).reshape(-1))
         has_mask.append(np.asarray(batch.get("has_mask", torch.ones(n))).astype(bool).reshape(-1))
         if out.cls is not None:
-            probs.append(torch.softmax(out.cls.float(), 1).cpu().numpy())
+            probs.append(out.class_probabilities().cpu().numpy())
         if out.seg is not None:
-            pmask.append((torch.sigmoid(out.seg[:, 0].float()) > threshold).cpu().numpy())
+            pmask.append(out.masks(threshold).cpu().numpy())
             tmask.append(batch["mask"][:, 0].numpy() > 0.5)
     cat = lambda xs: np.concatenate(xs) if xs else None  # noqa: E731
     return DatasetPredictions(

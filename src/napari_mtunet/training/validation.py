@@ -60,7 +60,7 @@ def run_validation(
         if out.seg is not None:
             sel = torch.as_tensor(batch.get("has_mask", torch.ones(len(x)))).bool().numpy()
             if sel.any():
-                pred = (torch.sigmoid(out.seg[:, 0].float()) > threshold).cpu().numpy()
+                pred = out.masks(threshold).cpu().numpy()
                 true = batch["mask"][:, 0].numpy() > 0.5
                 dices.append(dice_iou_per_image(pred[sel], true[sel])[0])
         if out.cls is not None:

@@ -1,0 +1,248 @@
+"""The fine-tuning workflow: a trained checkpoint + a few corrected samples -> a child checkpoint, with evidence.
+
+Used by ``mtunet finetune``, the Annotate widget and the fine-tuning study,
+all with the one set of defaults in :class:`~napari_mtunet.config.FinetuneConfig`::
+
+    outcome = drive(iter_finetune("best.safetensors", "my_corrections/", "ft/"))
+    outcome.child, outcome.metrics["check"]["before"]["dice"], ...
+
+Recipe (chosen with the fine-tuning study, docs/results.md):
+
+- a fixed number of optimisation steps that scales with the number of new
+  samples (``steps_per_sample``, clamped), cosine-decayed learning rate;
+- each batch mixes the new samples with *replayed* samples of the base
+  model's own training split (``replay_ratio`` replayed per new sample)
+  when that dataset is reachable, against forgetting;
+- the corrections are augmented; BatchNorm statistics stay the base model's
+  (``freeze_bn``), so a handful of images cannot shift them;
+- a part of the new samples is held back (``check_fraction``) and, with
+  part of the base model's held-out split, scored before and after, so the
+  user sees whether fine-tuning helped and what it cost.
+
+The child checkpoint records its parent (content hash and file name) and the
+fine-tuning settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..config import DataConfig, FinetuneConfig, RunConfig
+from ..events import CancelToken, Status, TrainEvent
+
+
+class FinetuneError(ValueError):
+    """Fine-tuning cannot start with these inputs; the message says why."""
+
+
+@dataclass
+class FinetuneOutcome:
+    parent: Path
+    child: Path | None
+    fit: Any
+    n_new: int
+    n_train: int
+    n_check: int
+    n_replay_pool: int
+    steps: int
+    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = []
+        for name, label in (("train", "on the corrected images trained on"), ("check", "on held-back corrections"),
+                            ("base", "on the base model's held-out images")):
+            m = self.metrics.get(name)
+            if not m:
+                continue
+            vals = []
+            for key in ("dice", "accuracy"):
+                if key in m["before"] and key in m["after"]:
+                    vals.append(f"{key} {m['before'][key]:.3f} → {m['after'][key]:.3f}")
+            if vals:
+                parts.append(f"{label} (n={int(m['after']['n'])}): " + ", ".join(vals))
+        return "; ".join(parts)
+
+
+def scores(model: Any, dataset: Any, device: Any) -> dict[str, float]:
+    """Per-image Dice (mean) and class accuracy of ``model`` on ``dataset`` (items with masks / labels)."""
+    from ..training import predict_dataset
+    from ..training.metrics import dice_iou_per_image
+    from ..training.validation import balanced_accuracy
+
+    preds = predict_dataset(model, dataset, device=device)
+    out: dict[str, float] = {"n": float(len(preds.labels))}
+    if preds.pred_masks is not None and preds.has_mask.any():
+        sel = preds.has_mask
+        out["dice"] = float(dice_iou_per_image(preds.pred_masks[sel], preds.true_masks[sel])[0].mean())
+    if preds.probabilities is not None and preds.has_label.any():
+        sel = preds.has_label
+        y, p = preds.labels[sel], preds.probabilities[sel].argmax(1)
+        out["accuracy"] = float((y == p).mean())
+        out["balanced_accuracy"] = balanced_accuracy(y, p)
+    return out
+
+
+def _check_split(n: int, labels: list[int], k: int, seed: int) -> tuple[list[int], list[int]]:
+    """Hold back ``k`` of ``n`` samples, spread over the classes (seeded)."""
+    if k <= 0:
+        return list(range(n)), []
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    # round-robin over classes so the held-back part is not one class only
+    by_class: dict[int, list[int]] = {}
+    for i in order:
+        by_class.setdefault(labels[i], []).append(int(i))
+    held: list[int] = []
+    while len(held) < k:
+        for c in sorted(by_class):
+            if by_class[c] and len(held) < k and len(by_class[c]) > 0:
+                held.append(by_class[c].pop())
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], sorted(held)
+
+
+def _replay_source(run: RunConfig, replay: str | os.PathLike | None, class_names: list[str]):
+    """(LoadedData, training indices, held-out indices) of the base run's data, or None when unreachable."""
+    from .data import load, make_split, split_indices
+
+    cfg = run.data if replay is None else DataConfig(root=str(replay))
+    if not cfg.root or not Path(cfg.root).is_dir():
+        return None
+    try:
+        loaded = load(cfg.replace(strict=False, split_file=None), class_names=class_names)
+    except Exception:  # noqa: BLE001 - replay is optional; fine-tuning goes on without it
+        return None
+    if replay is not None:
+        return loaded, np.arange(len(loaded.samples)), np.arange(0)
+    try:
+        idx = split_indices(loaded, make_split(loaded, cfg.replace(split_file=None)))
+    except Exception:  # noqa: BLE001
+        return loaded, np.arange(len(loaded.samples)), np.arange(0)
+    held = np.concatenate([idx["test"], idx["val"]]) if len(idx["test"]) or len(idx["val"]) else np.arange(0)
+    return loaded, idx["train"], held
+
+
+def iter_finetune(
+    checkpoint: str | os.PathLike,
+    dataset: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    config: FinetuneConfig | None = None,
+    replay: str | os.PathLike | None = None,
+    cancel: CancelToken | None = None,
+    layout: str = "auto",
+) -> Iterator[TrainEvent]:
+    """Fine-tune ``checkpoint`` on the samples in ``dataset`` (a generator of events; returns a :class:`FinetuneOutcome`).
+
+    ``replay``: a dataset folder to replay (default: the base model's own
+    training data, when its folder is reachable).
+    """
+    import torch
+    from torch.utils.data import ConcatDataset, DataLoader, Subset, WeightedRandomSampler
+
+    from ..checkpoint import load_checkpoint
+    from ..data.dataset import collate_batch, dataset_labels
+    from ..device import empty_cache, resolve_device
+    from ..training import Trainer
+    from ..training.finetune import parent_record
+    from .data import load
+    from .train import RunFolder, RunFolderError
+
+    cfg = config or FinetuneConfig()
+    device = resolve_device(cfg.device)
+    checkpoint = Path(checkpoint)
+    with RunFolder(out_dir) as folder:
+        if folder.checkpoints():
+            raise RunFolderError(f"{folder.path} already holds checkpoints; choose another output folder")
+        yield Status(f"Loading {checkpoint.name} and the new samples from {dataset} …")
+        model, info = load_checkpoint(checkpoint, device="cpu")
+        run = info.run
+        names = list(info.class_names)
+        new = load(DataConfig(root=str(dataset), layout=layout), class_names=names)
+        unknown = [p for p in new.problems if p.kind == "unknown_class"]
+        if unknown and model.classification_head is not None:
+            raise FinetuneError(
+                f"{dataset}: {len(unknown)} sample(s) have a class the model {info.name} does not know "
+                f"(first: {unknown[0].file}: {unknown[0].message}); the class must be one of {names}. "
+                "Fix the label in labels.csv (or remove the sample) and try again."
+            )
+        pre = info.preprocessing
+        augment = run.data.augment.replace(enabled=bool(cfg.augment))
+        labels = new.labels
+        n_new = len(new.samples)
+        train_idx, check_idx = _check_split(n_new, labels, cfg.n_check(n_new), cfg.seed)
+        store: dict = {}
+        new_train = new.dataset(train_idx, pre, augment=augment, store=store)
+        new_check = new.dataset(check_idx, pre, store=store) if check_idx else None
+        new_train_plain = new.dataset(train_idx, pre, store=store)
+        replay_src = _replay_source(run, replay, names) if cfg.replay_ratio > 0 else None
+        if cfg.replay_ratio > 0 and replay_src is None:
+            yield Status("No replay: the base model's training data is not reachable here (pass a replay folder "
+                         "to guard against forgetting)")
+        parts = [new_train]
+        weights = [np.full(len(train_idx), 1.0 / max(1, len(train_idx)))]
+        base_check = None
+        n_pool = 0
+        if replay_src is not None:
+            rl, pool, held = replay_src
+            n_pool = len(pool)
+            if n_pool:
+                parts.append(rl.dataset(pool, pre, augment=augment, store={}))
+                weights.append(np.full(n_pool, float(cfg.replay_ratio) / n_pool))
+            if len(held) and cfg.base_check_images:
+                rng = np.random.default_rng(cfg.seed)
+                pick = np.sort(rng.choice(held, size=min(len(held), int(cfg.base_check_images)), replace=False))
+                base_check = rl.dataset(pick, pre)
+        mix = ConcatDataset(parts) if len(parts) > 1 else parts[0]
+        steps = cfg.steps_for(len(train_idx))
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        sampler = WeightedRandomSampler(torch.as_tensor(np.concatenate(weights), dtype=torch.double),
+                                        num_samples=steps * int(cfg.batch_size), replacement=True, generator=gen)
+        loader = DataLoader(mix, batch_size=int(cfg.batch_size), sampler=sampler, drop_last=True,
+                            collate_fn=collate_batch)
+        checks = {"train": new_train_plain, "check": new_check, "base": base_check}
+        yield Status(f"Scoring {info.name} before fine-tuning …")
+        before = {k: scores(model, ds, device) for k, ds in checks.items() if ds is not None and len(ds)}
+        train_cfg = run.train.replace(
+            epochs=1, batch_size=int(cfg.batch_size), lr=float(cfg.lr), encoder_lr_scale=float(cfg.encoder_lr_scale),
+            lr_schedule="cosine", warmup_epochs=0.0, early_stopping_patience=None, monitor="train_loss",
+            bn_recalibration_batches=0 if cfg.freeze_bn else run.train.bn_recalibration_batches,
+            seed=int(cfg.seed), device=cfg.device,
+        )
+        ft_run = RunConfig(model=run.model, preprocessing=run.preprocessing,
+                           data=run.data.replace(root=str(Path(dataset).resolve()), layout=layout), train=train_cfg)
+        yield Status(f"Fine-tuning on {len(train_idx)} new sample(s)"
+                     + (f" + replay of {n_pool} base sample(s)" if n_pool else "")
+                     + f", {steps} steps" + (f"; {len(check_idx)} held back to check" if check_idx else ""))
+        trainer = Trainer(
+            model, train_cfg, loader, None, out_dir=folder.path, cancel=cancel, parent=parent_record(info),
+            freeze_bn=cfg.freeze_bn, run=ft_run, train_labels=dataset_labels(mix),
+            extra_training_metadata={"finetune": {
+                "config": cfg.to_dict(), "parent_path": str(info.path), "parent_hash": info.content_hash,
+                "n_new": n_new, "n_train": len(train_idx), "n_check": len(check_idx), "n_replay_pool": n_pool,
+                "steps": steps,
+            }},
+        )
+        try:
+            yield from trainer.iter_fit()
+            fit = trainer.result
+            metrics: dict[str, dict[str, dict[str, float]]] = {}
+            if fit.best_checkpoint is not None and fit.reason != "cancelled":
+                yield Status("Scoring the fine-tuned model …")
+                child, _ = load_checkpoint(fit.best_checkpoint, device="cpu")
+                for k, ds in checks.items():
+                    if k in before:
+                        metrics[k] = {"before": before[k], "after": scores(child, ds, device)}
+        finally:
+            empty_cache(device)
+        outcome = FinetuneOutcome(parent=checkpoint, child=fit.best_checkpoint, fit=fit, n_new=n_new,
+                                  n_train=len(train_idx), n_check=len(check_idx), n_replay_pool=n_pool, steps=steps,
+                                  metrics=metrics)
+        if metrics:
+            yield Status(outcome.summary())
+    return outcome

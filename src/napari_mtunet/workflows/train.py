@@ -1,0 +1,234 @@
+"""The training workflow: a run config + an output folder -> checkpoints, a split file and a test report.
+
+Used by ``mtunet train``, the Train widget, the demo and the experiments::
+
+    outcome = drive(iter_train(run, "runs/busi"), callbacks=[printer])
+
+What it guarantees, whoever calls it:
+
+- the output folder is locked for the run (a second run into the same
+  folder is refused while the first is alive; a crashed run's lock is free);
+- a new run never writes into a folder that already holds checkpoints;
+- a resumed run continues the *same* run: its data, split, preprocessing,
+  classes and model must match the checkpoint's, or it is refused with the
+  differences named; only the settings in :data:`RESUME_MAY_CHANGE` may
+  differ (e.g. more epochs);
+- ``splits.json`` (the data package's split format) records which images
+  trained, validated and tested; ``test_report.json`` the held-out metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..config import RunConfig
+from ..events import CancelToken, Status, TrainEvent
+
+SPLITS_NAME = "splits.json"
+TEST_REPORT_NAME = "test_report.json"
+LOCK_NAME = ".mtunet-run.lock"
+
+#: Settings a resumed run may change (dotted ``part.field`` names of the run config).
+RESUME_MAY_CHANGE = frozenset({
+    "train.epochs", "train.device", "train.early_stopping_patience", "train.amp",
+    "data.num_workers", "data.cache", "data.strict", "model.encoder_weights",
+})
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot hold this run (in use, not empty, not a folder); the message says why."""
+
+
+@dataclass
+class TrainOutcome:
+    run: RunConfig
+    out_dir: Path
+    fit: Any  # training.FitResult
+    split_file: Path
+    test_report: Any = None  # training.EvaluationReport | None
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        return self.fit.best_checkpoint
+
+    @property
+    def reason(self) -> str:
+        return self.fit.reason
+
+
+class RunFolder:
+    """An output folder held for one run: created if needed, locked while the run lives."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.path = Path(out_dir)
+        self._lock = None
+
+    def __enter__(self) -> RunFolder:
+        from filelock import FileLock, Timeout
+
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path}: exists and is not a folder; choose another output folder")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(f"{self.path}: cannot create the output folder ({exc.strerror or exc})") from None
+        if int(os.environ.get("RANK", "0")) != 0:
+            return self  # under torchrun, rank 0 holds the folder for the whole run
+        self._lock = FileLock(str(self.path / LOCK_NAME), timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunFolderError(
+                f"{self.path}: another napari-mtunet run is writing to this folder right now; "
+                "wait for it to finish or choose another output folder"
+            ) from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in self.path.glob("*.safetensors") if not p.name.startswith("."))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def resume_differences(stored: RunConfig, requested: RunConfig) -> list[str]:
+    """Settings where ``requested`` differs from the checkpoint's run (beyond :data:`RESUME_MAY_CHANGE`)."""
+    a = _flatten(stored.resolved().to_dict())
+    b = _flatten(requested.resolved().to_dict())
+    a.pop("version", None)
+    b.pop("version", None)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_MAY_CHANGE or any(key.startswith(m + ".") for m in RESUME_MAY_CHANGE):
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{key}: checkpoint {a.get(key)!r}, now {b.get(key)!r}")
+    return diffs
+
+
+def _resume_run(resume: Path, requested: RunConfig, dataset_classes: list[str]) -> RunConfig:
+    from ..checkpoint import load_checkpoint
+
+    _, info = load_checkpoint(resume, device="cpu")
+    stored = info.run
+    if list(stored.model.class_names) != list(dataset_classes) and len(dataset_classes) >= 2:
+        raise RunFolderError(
+            f"{resume}: cannot resume: the checkpoint's classes are {stored.model.class_names} but the dataset's "
+            f"are {dataset_classes} (a class would be mapped to the wrong index)"
+        )
+    wanted = requested.with_classes(list(stored.model.class_names))
+    diffs = resume_differences(stored, wanted)
+    if diffs:
+        raise RunFolderError(
+            f"{resume}: cannot resume with other settings than the run it continues ("
+            + "; ".join(diffs[:6]) + (f"; +{len(diffs) - 6} more" if len(diffs) > 6 else "")
+            + "). Use the original settings, or start a new run in another folder."
+        )
+    # The stored run, with the changes a resume may make.
+    d = stored.to_dict()
+    new = wanted.to_dict()
+    for key in RESUME_MAY_CHANGE:
+        part, name = key.split(".")
+        d[part][name] = new[part][name]
+    return RunConfig.from_dict(d)
+
+
+def iter_train(
+    run: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: str | os.PathLike | None = None,
+    cancel: CancelToken | None = None,
+    n_boot: int = 1000,
+    evaluate_test: bool = True,
+    store: dict | None = None,
+    extra_training_metadata: dict[str, Any] | None = None,
+) -> Iterator[TrainEvent]:
+    """Train ``run`` into ``out_dir`` (a generator of events; returns a :class:`TrainOutcome`).
+
+    ``resume``: a ``last.safetensors`` of an earlier run in ``out_dir``.
+    """
+    from ..data import load_splits, save_splits
+    from ..device import empty_cache, resolve_device
+    from ..paths import write_atomic
+    from ..training import Trainer
+    from .data import load, prepare
+
+    resolve_device(run.train.device)  # a clear error before any data is read
+    with RunFolder(out_dir) as folder:
+        out = folder.path
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        resume_path = Path(resume) if resume is not None else None
+        if is_main and resume_path is None and folder.checkpoints():
+            raise RunFolderError(
+                f"{out} already holds checkpoints ({', '.join(p.name for p in folder.checkpoints()[:3])}); "
+                f"choose another output folder, or resume with {out / 'last.safetensors'}"
+            )
+        if resume_path is not None and not resume_path.is_file():
+            raise RunFolderError(f"{resume_path}: no such checkpoint to resume from")
+        yield Status(f"Loading the dataset from {run.data.root} …")
+        loaded = load(run.data)
+        split = None
+        if resume_path is not None:
+            run = _resume_run(resume_path, run, loaded.class_names)
+            split_file = out / SPLITS_NAME
+            if split_file.is_file():
+                split = load_splits(split_file)[0]
+                try:
+                    split.select(loaded.samples, loaded.root, strict=True)
+                except Exception as exc:  # SplitError: the dataset changed since the run started
+                    raise RunFolderError(f"{split_file}: cannot resume: {exc}") from None
+        data = prepare(run, loaded=loaded, split=split, store=store)
+        run = data.run
+        split_file = out / SPLITS_NAME
+        if is_main and resume_path is None:
+            save_splits(split_file, data.split, root=loaded.root)
+        yield Status(f"{loaded.headline()}; {data.describe()}")
+        device = resolve_device(run.train.device)
+        try:
+            trainer = Trainer(
+                None if resume_path is not None else run.model,
+                run.train,
+                data.train,
+                data.val,
+                preprocessing=run.preprocessing,
+                out_dir=out,
+                cancel=cancel,
+                resume_from=resume_path,
+                data_config=run.data,
+                num_workers=run.data.num_workers,
+                run=run,
+                extra_training_metadata=extra_training_metadata,
+            )
+            yield from trainer.iter_fit()
+            fit = trainer.result
+            report = None
+            if is_main and evaluate_test and data.test is not None and fit.best_checkpoint is not None \
+                    and fit.reason != "cancelled":
+                from ..checkpoint import load_checkpoint
+                from ..training import evaluate_model
+
+                yield Status(f"Evaluating the best checkpoint on the {len(data.test)} held-out test images …")
+                model, _ = load_checkpoint(fit.best_checkpoint, device=device)
+                report = evaluate_model(model, data.test, split="test", device=device, n_boot=n_boot)
+                write_atomic(out / TEST_REPORT_NAME, json.dumps(report.to_dict(), indent=1))
+                yield Status(report.format())
+        finally:
+            empty_cache(device)
+    return TrainOutcome(run=run, out_dir=out, fit=fit, split_file=split_file, test_report=report)
