@@ -46,3 +46,27 @@ def tiny_model():
         Preprocessing(image_size=64),
     )
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_config(tmp_path_factory, monkeypatch):
+    """Widgets remember settings under MTUNET_CONFIG_DIR: never the user's real config in tests."""
+    monkeypatch.setenv("MTUNET_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "mtunet-config"))
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """What the widgets notified: ``{"error": [...], "info": [...]}`` (every widget notifies through _job)."""
+    pytest.importorskip("napari")
+    from napari_mtunet.widgets import _job
+
+    seen: dict[str, list[str]] = {"error": [], "info": []}
+    monkeypatch.setattr(_job, "notify_error", seen["error"].append)
+    monkeypatch.setattr(_job, "notify_info", seen["info"].append)
+    return seen
+
+
+@pytest.fixture
+def errors(notifications):
+    """The error notifications the widgets showed."""
+    return notifications["error"]

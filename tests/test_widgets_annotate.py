@@ -28,14 +28,6 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "parent.safetensors", model, training={"train_config": tc})
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    from napari_mtunet.widgets import _common, annotate
-
-    seen: list[str] = []
-    monkeypatch.setattr(_common, "notify_error", seen.append)
-    monkeypatch.setattr(annotate, "notify_error", seen.append)
-    return seen
 
 
 def wait_idle(qtbot, w, timeout=180_000):

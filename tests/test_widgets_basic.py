@@ -9,14 +9,6 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    from napari_mtunet.widgets import _common, dataset, predict
-
-    seen: list[str] = []
-    for mod in (_common, dataset, predict):
-        monkeypatch.setattr(mod, "notify_error", seen.append)
-    return seen
 
 
 @pytest.mark.parametrize("name", ["Dataset", "Train", "Predict", "Annotate & fine-tune"])
@@ -58,7 +50,13 @@ def test_dataset_widget_load_preview_and_split(make_napari_viewer, qtbot, tmp_pa
     w.preview()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert viewer.layers["ph images"].data.shape == (6, 256, 256)
-    assert len(viewer.layers["ph masks"].metadata["mtunet"]["classes"]) == 6
+    from napari_mtunet import layer_meta
+
+    rec = layer_meta.read(viewer.layers["ph masks"].metadata)
+    assert rec.kind == "dataset" and len(rec.slices) == 6 and all(s.truth for s in rec.slices)
+    # the ground-truth class of the slice on screen is visible without another widget
+    viewer.dims.set_current_step(0, 2)
+    assert viewer.text_overlay.visible and f"ground truth {rec.slices[2].truth}" in viewer.text_overlay.text
     w.val_fraction.setValue(0.2)
     w.seed.setValue(4)
     w.use_for_training()
@@ -92,7 +90,11 @@ def test_gradcam_layer_is_additive_and_aligned(make_napari_viewer, qtbot, tmp_pa
     w.predict()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert errors == [], errors
-    cam = viewer.layers["x [Grad-CAM]"]
+    from napari_mtunet import layer_meta
+
+    kinds = {layer_meta.read(lyr.metadata).kind: lyr for lyr in viewer.layers if layer_meta.read(lyr.metadata)}
+    cam, labels = kinds["gradcam"], kinds["prediction"]
+    assert cam.name.startswith("x [Grad-CAM") and labels.name == f"x [{tmp_path.name}/m]"  # named by model
     assert cam.data.shape == (90, 70) and cam.blending == "additive"
     assert 0.0 <= cam.data.min() and cam.data.max() <= 1.0
-    assert tuple(cam.scale) == (0.5, 2.0) and tuple(viewer.layers["x [mtunet]"].scale) == (0.5, 2.0)
+    assert tuple(cam.scale) == (0.5, 2.0) and tuple(labels.scale) == (0.5, 2.0)

@@ -27,15 +27,6 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model)
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    """Record error notifications (the widgets call _common.notify_error)."""
-    from napari_mtunet.widgets import _common, annotate, dataset, predict, train
-
-    seen: list[str] = []
-    for mod in (_common, predict, train, dataset, annotate):
-        monkeypatch.setattr(mod, "notify_error", seen.append)
-    return seen
 
 
 def wait_idle(qtbot, widget, timeout=60_000):

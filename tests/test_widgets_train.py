@@ -18,14 +18,6 @@ def phantom_root(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("data") / "phantom", n=12, size=64, seed=3)
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    from napari_mtunet.widgets import _common, train
-
-    seen: list[str] = []
-    monkeypatch.setattr(_common, "notify_error", seen.append)
-    monkeypatch.setattr(train, "notify_error", seen.append)
-    return seen
 
 
 def fill_tiny(w, root, out, epochs=2):

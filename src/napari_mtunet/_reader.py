@@ -95,17 +95,22 @@ def guard_triton() -> None:
 
 
 def _to_preview(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize into a ``size`` x ``size`` square keeping the aspect ratio (black margins), as one stack needs."""
     from skimage.transform import resize
 
     from .preprocess import to_float_rgb
 
     rgb = to_float_rgb(image)
-    small = resize(rgb, (size, size, 3), order=1, anti_aliasing=True, preserve_range=True)
-    img = np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if mask is None:
-        m = np.zeros((size, size), np.uint8)
-    else:
-        m = (resize(mask.astype(np.float32), (size, size), order=0, preserve_range=True) > 0.5).astype(np.uint8)
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    small = resize(rgb, (nh, nw, 3), order=1, anti_aliasing=True, preserve_range=True)
+    img = np.zeros((size, size, 3), np.uint8)
+    img[y0:y0 + nh, x0:x0 + nw] = np.clip(small * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    m = np.zeros((size, size), np.uint8)
+    if mask is not None:
+        m[y0:y0 + nh, x0:x0 + nw] = (resize(mask.astype(np.float32), (nh, nw), order=0, preserve_range=True) > 0.5)
     return img, m
 
 
@@ -141,22 +146,13 @@ def dataset_layer_data(
     stack = np.stack(images)
     if np.all(stack[..., 0] == stack[..., 1]) and np.all(stack[..., 1] == stack[..., 2]):
         stack = stack[..., 0]  # greyscale: keep one channel
+    from . import layer_meta
+
     class_names = sorted({c for c in classes if c is not None})
-    meta = {
-        "mtunet": {
-            "kind": "dataset",
-            "root": root,
-            "layout": layout,
-            "is_stack": True,
-            "classes": classes,
-            "class_names": class_names,
-            "files": files,
-            "preview_size": size,
-            "n_total": len(samples) if n_total is None else int(n_total),
-            "n_shown": len(images),
-            "failed": failed,
-        }
-    }
+    meta = layer_meta.as_metadata(layer_meta.ground_truth(classes, class_names, kind="dataset", extra={
+        "root": root, "layout": layout, "files": files, "preview_size": size,
+        "n_total": len(samples) if n_total is None else int(n_total), "n_shown": len(images), "failed": failed,
+    }))
     return [
         (stack, {"name": f"{name} images", "metadata": meta, "rgb": stack.ndim == 4}, "image"),
         (np.stack(masks), {"name": f"{name} masks", "metadata": meta, "opacity": 0.5}, "labels"),

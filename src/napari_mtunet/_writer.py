@@ -44,14 +44,14 @@ def find_source_image(labels_kwargs: dict[str, Any]) -> tuple[Any, bool] | None:
 
 
 def classes_from_metadata(meta: dict[str, Any], n: int) -> list[str | None]:
-    """Per-slice class names stored under ``metadata["mtunet"]`` (None where unknown)."""
-    mt = (meta or {}).get("mtunet") or {}
-    classes = mt.get("classes")
-    if isinstance(classes, (list, tuple)) and len(classes) == n:
-        return [None if c in (None, "") else str(c) for c in classes]
-    if n == 1 and mt.get("class_name"):
-        return [str(mt["class_name"])]
-    return [None] * n
+    """Per-slice classes to train on, from a layer's ``metadata`` (:mod:`napari_mtunet.layer_meta`):
+    the user's correction, else the ground truth, else the prediction (None where unknown)."""
+    from . import layer_meta
+
+    record = layer_meta.read(meta)
+    if record is None:
+        return [None] * n
+    return [(record.slice(i).label if record.slice(i) is not None else None) for i in range(n)]
 
 
 def write_layers_to_dataset(

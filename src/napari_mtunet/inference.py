@@ -196,6 +196,9 @@ class Predictor:
         self.has_cls = cfg.task != "seg"  # the model has a classification head
         self.seg_classes = int(cfg.seg_classes)
         self.class_names = list(cfg.class_names)
+        #: Called as ``tile_progress(rows_done, rows_total)`` after each row of tiles of a tiled
+        #: prediction; it may raise (e.g. on a cancel request) to stop the prediction.
+        self.tile_progress: Any = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -382,6 +385,8 @@ class Predictor:
                     part = (c * reals[:, None]).sum(axis=0)
                     cls_acc = part if cls_acc is None else cls_acc + part
                     cls_wsum += float(reals.sum())
+            if self.tile_progress is not None:
+                self.tile_progress(yi + 1, len(ys))
             if self.has_seg:
                 nxt = ys[yi + 1] if yi + 1 < len(ys) else h
                 flush(y, min(nxt, h), y)

@@ -150,8 +150,11 @@ def write_phantom_dataset(root: str | Path, n: int = 60, size: int = 128, seed: 
 
 def napari_phantom_sample() -> list[tuple]:
     """napari sample: a stack of phantom images + their lesion labels, classes in metadata."""
+    from . import layer_meta
+
     ph = make_phantom(n=12, size=256, seed=7)
-    meta = {"mtunet": {"classes": ph.labels, "class_names": ph.class_names, "synthetic": True}}
+    meta = layer_meta.as_metadata(layer_meta.ground_truth(ph.labels, ph.class_names, kind="sample",
+                                                          extra={"synthetic": True}))
     return [
         (ph.images, {"name": "phantom (synthetic)", "metadata": meta}, "image"),
         (ph.masks.astype(np.uint8), {"name": "phantom lesions", "metadata": meta}, "labels"),

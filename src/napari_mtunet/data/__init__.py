@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 #: sample-data functions on its GUI thread, and torchvision pulls in triton,
 #: whose LLVM crashes a process that already runs software OpenGL.
 _LAZY: dict[str, str] = {
-    **dict.fromkeys(["SampleDataset", "class_balanced_weights", "make_dataloader"], "dataset"),
+    **dict.fromkeys(["SampleDataset", "class_balanced_weights", "dataset_labels", "make_dataloader", "make_loader"],
+                    "dataset"),
     **dict.fromkeys(["DuplicateCluster", "ImageHashes", "find_duplicates", "image_hashes"], "duplicates"),
     **dict.fromkeys(
         [
             "DataError", "DatasetValidationError", "EmptyDatasetError", "EmptyFileError", "FilePermissionError",
             "LayoutError", "MaskMismatchError", "MissingFileError", "OptionalDependencyError", "Problem",
-            "SplitError", "TruncatedFileError", "UnreadableFileError", "UnsupportedFormatError",
+            "SplitError", "TruncatedFileError", "UnreadableFileError", "UnsupportedFormatError", "ImageTooLargeError",
         ],
         "errors",
     ),
@@ -45,7 +46,7 @@ _LAZY: dict[str, str] = {
         "splits",
     ),
     **dict.fromkeys(["JointTransform", "build_transforms"], "transforms"),
-    "write_generic_sample": "writer",
+    **dict.fromkeys(["remove_generic_sample", "write_generic_sample"], "writer"),
 }
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports

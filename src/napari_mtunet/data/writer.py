@@ -176,6 +176,7 @@ def write_generic_sample(
     *,
     prefix: str = "sample",
     lock_timeout: float = 10.0,
+    extra: dict[str, str | None] | None = None,
 ) -> Sample:
     """Add one sample to a generic-layout dataset at ``root`` and return its :class:`Sample`.
 
@@ -197,6 +198,10 @@ def write_generic_sample(
             raise DataError(f"mask shape {m.shape} differs from the image's {img.shape[:2]}", kind="mask_size")
     label = _check_text(label, "class label")
     group = _check_text(group, "group")
+    extra = {str(k): _check_text(v, str(k)) for k, v in (extra or {}).items()}
+    bad_keys = [k for k in extra if k in ("filename", "label", "group") or not re.fullmatch(r"[a-z_]{1,40}", k)]
+    if bad_keys:
+        raise DataError(f"extra labels.csv column names must be lower-case words, got {bad_keys}", kind="bad_csv")
     img_bytes, ext = _encode_image(img)
     mask_bytes = None
     if m is not None:
@@ -217,6 +222,7 @@ def write_generic_sample(
         header, rows = _read_labels(csv_path)  # before anything is written: a bad CSV leaves no orphans
         if group is not None and "group" not in header:
             header = header + ["group"]
+        header = header + [k for k, v in extra.items() if v is not None and k not in header]
         written: list[Path] = []
         try:
             img_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +246,7 @@ def write_generic_sample(
                     pass
                 written.append(mask_path)
                 _atomic_write_bytes(mask_path, mask_bytes)
-            row = {"filename": img_path.name, "label": label, "group": group}
+            row = {**extra, "filename": img_path.name, "label": label, "group": group}
             body = [header] + [r + [""] * (len(header) - len(r)) for r in rows] + [[row.get(h) for h in header]]
             _atomic_write_bytes(csv_path, format_rows(body).encode("utf-8"))
         except Exception as exc:
@@ -257,3 +263,29 @@ def write_generic_sample(
             raise
     return Sample(image=img_path, label=label, masks=(mask_path,) if mask_path else (), group=group, source="generic",
                   mask_is_empty=bool(m is not None and not m.any()))
+
+
+def remove_generic_sample(root: str | Path, image_name: str, *, lock_timeout: float = 10.0) -> list[Path]:
+    """Undo :func:`write_generic_sample`: remove the row of ``image_name`` from ``labels.csv`` and its files.
+
+    Only a sample this module wrote (its row is in ``labels.csv`` and its
+    files are in ``images/`` / ``masks/``) is removed; returns the removed
+    files.  Raises :class:`DataError` naming the sample when it is not there.
+    """
+    root = Path(root)
+    name = Path(image_name).name
+    csv_path = root / LABELS_CSV
+    with file_lock(root / (LABELS_CSV + ".lock"), lock_timeout):
+        header, rows = _read_labels(csv_path)
+        col = header.index("filename")
+        keep = [r for r in rows if not (len(r) > col and r[col] == name)]
+        if len(keep) == len(rows):
+            raise DataError(f"{name} is not in labels.csv; nothing was removed", csv_path, kind="missing_file")
+        body = [header] + [r + [""] * (len(header) - len(r)) for r in keep]
+        _atomic_write_bytes(csv_path, format_rows(body).encode("utf-8"))
+        removed = []
+        for p in (root / IMAGES_DIR / name, root / "masks" / f"{Path(name).stem}.png"):
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed

@@ -90,7 +90,7 @@ _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def state_for(viewer: Any) -> SessionState:
-    """The shared state of ``viewer``'s widgets (created on first use)."""
+    """The shared state of ``viewer``'s widgets (created on first use, with the class overlay)."""
     key = getattr(viewer, "__wrapped__", viewer)  # PublicOnlyProxy
     try:
         st = _STATES.get(key)
@@ -102,7 +102,73 @@ def state_for(viewer: Any) -> SessionState:
             _STATES[key] = st
         except TypeError:
             pass
+        st.overlay = ClassOverlay(viewer)
     return st
+
+
+# --------------------------------------------------------------------------- class of the current slice
+
+
+def current_slice(viewer: Any, layer: Any) -> int | None:
+    """The index of the 2-D image of ``layer`` shown now (None for a 2-D layer)."""
+    import numpy as np
+
+    if layer is None or layer.ndim < 3:
+        return None
+    try:
+        idx = int(round(float(layer.world_to_data(viewer.dims.point)[0])))
+    except Exception:  # noqa: BLE001
+        idx = int(viewer.dims.current_step[0])
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return int(np.clip(idx, 0, data.shape[0] - 1))
+
+
+def layer_record(layer: Any) -> Any:
+    from .. import layer_meta
+
+    return layer_meta.read(getattr(layer, "metadata", None)) if layer is not None else None
+
+
+class ClassOverlay:
+    """Shows the class of the image on screen in napari's text overlay, saying where it comes from
+    (predicted / ground truth / your correction): for the active layer, else the top visible one with a class."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        viewer.dims.events.current_step.connect(self.update)
+        viewer.layers.selection.events.active.connect(self.update)
+        viewer.layers.events.inserted.connect(self.update)
+        viewer.layers.events.removed.connect(self.update)
+
+    def layer(self) -> Any:
+        active = self.viewer.layers.selection.active
+        rec = layer_record(active)
+        if rec is not None and rec.slices:
+            return active
+        for layer in reversed(list(self.viewer.layers)):
+            rec = layer_record(layer)
+            if layer.visible and rec is not None and rec.slices:
+                return layer
+        return None
+
+    def update(self, *_: Any) -> None:
+        from .. import layer_meta
+
+        try:
+            layer = self.layer()
+            overlay = self.viewer.text_overlay
+        except Exception:  # noqa: BLE001 - a closing viewer
+            return
+        if layer is None:
+            if getattr(overlay, "text", "").startswith("mtunet · "):
+                overlay.visible = False
+                overlay.text = ""
+            return
+        rec = layer_record(layer)
+        idx = current_slice(self.viewer, layer)
+        where = layer.name + (f" [{idx}]" if idx is not None else "")
+        overlay.text = f"mtunet · {where}: {layer_meta.describe_slice(rec.slice(idx))}"
+        overlay.visible = True
 
 
 # --------------------------------------------------------------------------- pickers
@@ -228,39 +294,16 @@ def device_choices() -> list[str]:
     return ["auto", *available_devices()]
 
 
-def start_worker(
-    func: Callable,
-    *args: Any,
-    returned: Callable | None = None,
-    yielded: Callable | None = None,
-    errored: Callable | None = None,
-    finished: Callable | None = None,
-    **kwargs: Any,
-):
-    """Run ``func`` (plain or generator) in a napari thread worker and connect callbacks."""
-    from napari.qt.threading import create_worker
-
-    connect: dict[str, Callable] = {}
-    if returned is not None:
-        connect["returned"] = returned
-    if yielded is not None:
-        connect["yielded"] = yielded
-    if finished is not None:
-        connect["finished"] = finished
-    # errors are always handled here (a notification), never re-raised into the event loop
-    connect["errored"] = errored if errored is not None else (lambda e: notify_error(error_message(e)))
-    return create_worker(func, *args, _connect=connect, _start_thread=True, **kwargs)
-
-
 #: Modules whose first import holds the GIL for up to a few hundred ms at a time
-#: (C-extension initialisation: torchvision, scikit-learn, scikit-image, smp).
+#: (C-extension initialisation: torch, torchvision, scikit-learn, scikit-image, smp).
 WARM_MODULES = (
     "torch",
     "napari_mtunet.model",
     "napari_mtunet.checkpoint",
     "napari_mtunet.data",
+    "napari_mtunet.data.dataset",
     "napari_mtunet.training",
-    "napari_mtunet.training.data_bridge",
+    "napari_mtunet.workflows",
     "napari_mtunet.inference",
     "napari_mtunet.explain",
     "sklearn.model_selection",
@@ -269,7 +312,7 @@ WARM_MODULES = (
     "skimage.transform",
     "torchvision.transforms.v2",
 )
-_WARM: dict[str, Any] = {"worker": None, "done": False}
+_WARM: dict[str, Any] = {"thread": None, "done": False}
 
 
 def warm_up() -> Any:
@@ -278,27 +321,33 @@ def warm_up() -> Any:
     The first import of these modules cannot release the GIL, so doing it
     lazily at "Start"/"Predict" would freeze napari for a moment in the
     middle of the work; doing it when the widget appears keeps training and
-    prediction smooth.  Returns the worker (None once done).
+    prediction smooth.  A plain daemon thread, not a Qt worker: closing
+    napari while it runs must not delete Qt signal objects under it (that
+    aborted the process).  Returns the thread (None once done).
     """
-    if _WARM["done"] or _WARM["worker"] is not None:
-        return _WARM["worker"]
-    from napari.qt.threading import create_worker
+    import threading
+
+    if _WARM["done"] or _WARM["thread"] is not None:
+        return _WARM["thread"]
 
     def run() -> None:
         import importlib
 
+        from .._reader import guard_triton
+
+        guard_triton()  # before torchvision can import triton (software OpenGL segfaults otherwise)
         for name in WARM_MODULES:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional module is reported where it is used
                 pass
-
-    def done(*_: Any) -> None:
         _WARM["done"] = True
-        _WARM["worker"] = None
+        _WARM["thread"] = None
 
-    _WARM["worker"] = create_worker(run, _connect={"finished": done, "errored": lambda e: None}, _start_thread=True)
-    return _WARM["worker"]
+    thread = threading.Thread(target=run, name="napari-mtunet warm-up", daemon=True)
+    _WARM["thread"] = thread
+    thread.start()
+    return thread
 
 
 def warm_up_done() -> bool:

@@ -16,12 +16,11 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..config import DataConfig
-from ._common import PathEdit, combo, error_message, notify_error, notify_info, start_worker, state_for, warm_up
+from ._common import PathEdit, combo, notify_info
+from ._job import JobWidget
 
 
 def load_job(root: str, layout: str, strict: bool) -> Any:
@@ -54,17 +53,12 @@ def report_summary(report: Any) -> str:
     return f"{len(samples)} samples: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
-class DatasetWidget(QWidget):
+class DatasetWidget(JobWidget):
     """Dock widget: inspect a dataset folder before training."""
 
     def __init__(self, napari_viewer: Any, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.state = state_for(napari_viewer)
-        warm_up()  # heavy imports now, in the background, not in the middle of the work
-        self.worker = None
+        super().__init__(napari_viewer, parent)
         self.report: Any = None
-        self.last_error: str | None = None
 
         self.root = PathEdit("dir", placeholder="dataset folder")
         try:
@@ -97,8 +91,6 @@ class DatasetWidget(QWidget):
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         self.use_button = QPushButton("Use for training")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("Folder", self.root)
@@ -115,7 +107,7 @@ class DatasetWidget(QWidget):
         sf.addRow("Seed", self.seed)
         sf.addRow(self.use_button)
 
-        lay = QVBoxLayout(self)
+        lay = self.body_layout
         lay.addLayout(form)
         lay.addWidget(self.load_button)
         lay.addWidget(self.status)
@@ -131,42 +123,23 @@ class DatasetWidget(QWidget):
         self.preview_button.clicked.connect(self.preview)
         self.use_button.clicked.connect(self.use_for_training)
 
-    def _busy(self, busy: bool, text: str = "") -> None:
+    def set_busy(self, busy: bool) -> None:
         self.load_button.setEnabled(not busy)
         self.preview_button.setEnabled(not busy and self.report is not None)
-        self.status.setText(text)
-
-    def _fail(self, exc: BaseException, context: str) -> None:
-        self.last_error = error_message(exc, context)
-        notify_error(self.last_error)
-        self.status.setText(self.last_error)
-
-    def _done(self) -> None:
-        self.worker = None
-        self._busy(False, self.status.text())
 
     def load(self, *_: Any) -> Any:
-        if self.worker is not None:
+        if self.busy:
             return None
         root = self.root.value
         if not root:
-            self._fail(ValueError("choose a dataset folder"), "Cannot load")
+            self.fail(ValueError("choose a dataset folder"), "Cannot load")
             return None
-        self.last_error = None
         self.report = None
         self.summary.setPlainText("")
         self.problems.clear()
-        self._busy(True, f"Reading {root} …")
-        self.worker = start_worker(
-            load_job,
-            root,
-            self.layout_choice.currentText(),
-            self.strict.isChecked(),
-            returned=self._show_report,
-            errored=lambda e: self._fail(e, f"Cannot load the dataset {Path(root).name}"),
-            finished=self._done,
-        )
-        return self.worker
+        self.status.setText(f"Reading {root} …")
+        return self.start_job(load_job, root, self.layout_choice.currentText(), self.strict.isChecked(),
+                              context=f"Cannot load the dataset {Path(root).name}", on_result=self._show_report)
 
     def _show_report(self, report: Any) -> None:
         self.report = report
@@ -180,32 +153,25 @@ class DatasetWidget(QWidget):
         self.preview_button.setEnabled(True)
 
     def preview(self, *_: Any) -> Any:
-        if self.worker is not None or self.report is None:
+        if self.busy or self.report is None:
             return None
         samples = list(self.report.samples)
         name = Path(self.root.value).name or "dataset"
-        self._busy(True, f"Loading {min(len(samples), self.n_preview.value())} samples …")
-        self.worker = start_worker(
-            preview_job,
-            samples,
-            int(self.n_preview.value()),
-            name,
-            self.root.value,
-            getattr(self.report, "layout", None),
-            returned=self._add_layers,
-            errored=lambda e: self._fail(e, "Preview failed"),
-            finished=self._done,
-        )
-        return self.worker
+        self.status.setText(f"Loading {min(len(samples), self.n_preview.value())} samples …")
+        return self.start_job(preview_job, samples, int(self.n_preview.value()), name, self.root.value,
+                              getattr(self.report, "layout", None), context="Preview failed",
+                              on_result=self._add_layers)
 
     def _add_layers(self, layer_data: list[tuple]) -> None:
         for data, kwargs, kind in layer_data:
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         meta = layer_data[0][1]["metadata"]["mtunet"]
+        extra = meta["extra"]
         self.status.setText(
-            f"Showing {meta['n_shown']} of {meta['n_total']} samples (resized to {meta['preview_size']} px); "
-            "the class of each slice is shown in the Predict widget"
+            f"Showing {extra['n_shown']} of {extra['n_total']} samples (resized to {extra['preview_size']} px, "
+            "aspect ratio kept); the ground-truth class of the slice on screen is shown at the bottom right"
         )
+        self.state.overlay.update()
 
     def data_config(self) -> DataConfig:
         return DataConfig(
@@ -223,7 +189,7 @@ class DatasetWidget(QWidget):
             if not cfg.root:
                 raise ValueError("choose a dataset folder")
         except Exception as exc:  # noqa: BLE001
-            self._fail(exc, "Invalid split settings")
+            self.fail(exc, "Invalid split settings")
             return
         self.state.set_data_config(cfg)
         notify_info(f"Train widget will use {cfg.root} (val {cfg.val_fraction:.0%}, test {cfg.test_fraction:.0%})")

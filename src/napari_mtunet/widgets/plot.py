@@ -12,7 +12,12 @@ PALETTE = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"]
 
 
 class PlotPanel(QWidget):
-    """One panel: named series of (x, y) points drawn as lines with markers."""
+    """One panel: named series of (x, y) points drawn as lines with markers.
+
+    Axis tick labels on both axes, the legend in a strip above the plot (never
+    over the curves), and the previous run kept as faded dashed lines for
+    comparison (:meth:`start_run`).
+    """
 
     def __init__(self, title: str = "", ylabel: str = "", y_range: tuple[float, float] | None = None, parent=None):
         super().__init__(parent)
@@ -20,12 +25,21 @@ class PlotPanel(QWidget):
         self.ylabel = ylabel
         self.y_range = y_range
         self.series: dict[str, list[tuple[float, float]]] = {}
+        self.previous: dict[str, list[tuple[float, float]]] = {}
         self.colors: dict[str, str] = {}
-        self.setMinimumSize(160, 140)
+        self.setMinimumSize(160, 150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def clear(self) -> None:
         self.series.clear()
+        self.previous.clear()
+        self.update()
+
+    def start_run(self) -> None:
+        """Keep the current curves as the previous run (drawn faded) and start empty ones."""
+        if any(self.series.values()):
+            self.previous = {k: list(v) for k, v in self.series.items()}
+        self.series = {}
         self.update()
 
     def add_point(self, name: str, x: float, y: float | None) -> None:
@@ -38,9 +52,9 @@ class PlotPanel(QWidget):
         self.update()
 
     def _bounds(self) -> tuple[float, float, float, float]:
-        pts = [p for s in self.series.values() for p in s]
+        pts = [p for s in (*self.series.values(), *self.previous.values()) for p in s]
         if not pts:
-            return 0.0, 1.0, 0.0, 1.0
+            return 1.0, 2.0, 0.0, 1.0
         xs = [p[0] for p in pts]
         ys = [p[1] for p in pts]
         x0, x1 = min(xs), max(xs)
@@ -54,6 +68,14 @@ class PlotPanel(QWidget):
             y0, y1 = y0 - pad, y1 + pad
         return x0, x1, y0, y1
 
+    @staticmethod
+    def _x_ticks(x0: float, x1: float) -> list[float]:
+        lo, hi = math.ceil(x0), math.floor(x1)
+        if hi < lo:
+            return []
+        step = max(1, math.ceil((hi - lo + 1) / 6))
+        return [float(v) for v in range(lo, hi + 1, step)]
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt API
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -61,13 +83,28 @@ class PlotPanel(QWidget):
         grid = QColor(fg)
         grid.setAlpha(50)
         w, h = self.width(), self.height()
-        left, right, top, bottom = 44, 8, 20, 22
-        plot = QRectF(left, top, max(10, w - left - right), max(10, h - top - bottom))
         font = QFont(p.font())
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         p.setFont(font)
+        line_h = 14
+        names = list(self.series) or list(self.previous)
+        legend_rows = max(1, math.ceil(len(names) / 2)) if names else 0
+        left, right, top, bottom = 44, 8, 18 + line_h * legend_rows, 30
+        plot = QRectF(left, top, max(10, w - left - right), max(10, h - top - bottom))
         p.setPen(QPen(fg))
-        p.drawText(QRectF(0, 0, w, top), Qt.AlignmentFlag.AlignCenter, self.title)
+        p.drawText(QRectF(0, 0, w, 16), Qt.AlignmentFlag.AlignCenter, self.title)
+        # legend strip (above the plot area, never over the curves)
+        col_w = max(60.0, (w - left - right) / 2)
+        for k, name in enumerate(names):
+            lx = left + (k % 2) * col_w
+            ly = 16 + (k // 2) * line_h
+            color = QColor(self.colors.get(name, PALETTE[0]))
+            p.setPen(QPen(color, 2))
+            p.drawLine(QPointF(lx, ly + 7), QPointF(lx + 12, ly + 7))
+            p.setPen(QPen(fg))
+            pts = self.series.get(name) or []
+            last = f" {pts[-1][1]:.3f}" if pts else ""
+            p.drawText(QRectF(lx + 16, ly, col_w - 18, line_h), Qt.AlignmentFlag.AlignLeft, name + last)
         x0, x1, y0, y1 = self._bounds()
 
         def to_px(x: float, y: float) -> QPointF:
@@ -76,21 +113,40 @@ class PlotPanel(QWidget):
                 plot.bottom() - (y - y0) / (y1 - y0) * plot.height(),
             )
 
-        # axes and grid
-        p.setPen(QPen(grid, 1))
+        # grid, y tick labels
         for i in range(5):
             yy = y0 + (y1 - y0) * i / 4
             pt = to_px(x0, yy)
+            p.setPen(QPen(grid, 1))
             p.drawLine(QPointF(plot.left(), pt.y()), QPointF(plot.right(), pt.y()))
             p.setPen(QPen(fg))
-            p.drawText(QRectF(0, pt.y() - 8, left - 4, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, f"{yy:.3g}")
+            p.drawText(QRectF(0, pt.y() - 8, left - 4, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                       f"{yy:.3g}")
+        # x tick labels (epochs)
+        for xv in self._x_ticks(x0, x1):
+            pt = to_px(xv, y0)
             p.setPen(QPen(grid, 1))
+            p.drawLine(QPointF(pt.x(), plot.top()), QPointF(pt.x(), plot.bottom()))
+            p.setPen(QPen(fg))
+            p.drawText(QRectF(pt.x() - 15, plot.bottom() + 1, 30, 13), Qt.AlignmentFlag.AlignCenter, f"{xv:g}")
         p.setPen(QPen(fg))
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(plot)
-        p.drawText(QRectF(plot.left(), plot.bottom() + 2, plot.width(), bottom - 2), Qt.AlignmentFlag.AlignCenter, "epoch")
-        # series
-        for k, (name, pts) in enumerate(self.series.items()):
+        p.drawText(QRectF(plot.left(), plot.bottom() + 14, plot.width(), 14), Qt.AlignmentFlag.AlignCenter, "epoch")
+        # the previous run, faded and dashed
+        for name, pts in self.previous.items():
+            color = QColor(self.colors.get(name, PALETTE[0]))
+            color.setAlpha(90)
+            pen = QPen(color, 1.5)
+            pen.setStyle(Qt.PenStyle.DashLine)
+            p.setPen(pen)
+            if len(pts) > 1:
+                path = QPainterPath(to_px(*pts[0]))
+                for pt in pts[1:]:
+                    path.lineTo(to_px(*pt))
+                p.drawPath(path)
+        # this run
+        for name, pts in self.series.items():
             color = QColor(self.colors[name])
             p.setPen(QPen(color, 2))
             p.setBrush(Qt.BrushStyle.NoBrush)
@@ -102,13 +158,6 @@ class PlotPanel(QWidget):
             p.setBrush(color)
             for pt in pts:
                 p.drawEllipse(to_px(*pt), 2.5, 2.5)
-            # legend
-            ly = plot.top() + 4 + 14 * k
-            p.drawLine(QPointF(plot.left() + 6, ly + 6), QPointF(plot.left() + 18, ly + 6))
-            p.setPen(QPen(fg))
-            p.setBrush(Qt.BrushStyle.NoBrush)
-            last = f" {pts[-1][1]:.3f}" if pts else ""
-            p.drawText(QRectF(plot.left() + 22, ly, plot.width() - 24, 14), Qt.AlignmentFlag.AlignLeft, name + last)
         p.end()
 
 
@@ -127,3 +176,8 @@ class TrainingPlot(QWidget):
     def clear(self) -> None:
         self.loss.clear()
         self.metric.clear()
+
+    def start_run(self) -> None:
+        """Keep the current run's curves (faded) for comparison with the next one."""
+        self.loss.start_run()
+        self.metric.start_run()

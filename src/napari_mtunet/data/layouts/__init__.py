@@ -72,8 +72,25 @@ def detect_layout(root: str | Path) -> tuple[str, Path]:
             break
     if generic.detect_folders(root):
         return "folders", root
+    hint = _one_class_of_a_busi_dataset(root)
+    if hint:
+        raise LayoutError(hint, root)
     known = "\n  ".join(f"{k}: {v.description}" for k, v in LAYOUTS.items())
     raise LayoutError(f"no known dataset layout found (looked up to 2 levels down). Known layouts:\n  {known}", root)
+
+
+def _one_class_of_a_busi_dataset(folder: Path) -> str | None:
+    """A message when ``folder`` looks like one class folder of a BUSI dataset (images beside ``_mask`` files)."""
+    try:
+        names = {p.name for p in folder.iterdir() if p.is_file()}
+    except OSError:
+        return None
+    masks = [n for n in names if "_mask" in n]
+    paired = [n for n in masks if n.split("_mask")[0] + ".png" in names]
+    if masks and len(paired) >= max(1, len(masks) // 2):
+        return (f"this looks like one class of a BUSI dataset ({len(paired)} image(s) with _mask files); "
+                f"choose its parent folder {folder.parent} (which holds the class folders) instead")
+    return None
 
 
 def load_layout(name: str, root: Path, options: dict[str, Any] | None = None) -> LayoutResult:

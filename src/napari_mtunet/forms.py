@@ -1,0 +1,135 @@
+"""What the napari widgets' forms hold, and how it becomes a run configuration: pure functions, no Qt.
+
+A form is a flat dataclass of the values the controls show (text for the
+learning rate, 0 for "all samples" ...).  Its defaults come from
+:class:`~napari_mtunet.config.RunConfig` / :class:`~napari_mtunet.config.FinetuneConfig`,
+so the widgets and the CLI start from the same values; ``to_run()`` turns a
+form into a validated run configuration with messages a user can act on.
+Forms are also what a widget remembers between openings (``to_dict`` /
+``from_dict``, tolerant of stale or damaged files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DOCUMENTED_ENCODERS, AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+
+D = RunConfig()
+
+#: Encoders offered by name in the Train widget (any smp encoder name can be typed).
+ENCODERS: tuple[str, ...] = (*DOCUMENTED_ENCODERS, "resnet18", "resnet34", "efficientnet-b0")
+#: Encoder weights choices.
+WEIGHTS: tuple[str, ...] = ("imagenet", "none", "local file")
+ENCODER_NOTES: dict[str, str] = {
+    "timm-tf_efficientnet_lite0": "ImageNet weights ship with napari-mtunet: pretrained training works offline",
+    "mobilenet_v2": "the paper's encoder; ImageNet weights are downloaded once from the model hub",
+    "vgg16": "the paper's encoder; ImageNet weights are downloaded once from the model hub",
+}
+
+
+def default_output_root() -> str:
+    """Where runs go unless the user chooses: ``~/mtunet-runs``."""
+    return str(Path(os.path.expanduser("~")) / "mtunet-runs")
+
+
+def _number(text: Any, what: str) -> float:
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+
+
+@dataclass
+class TrainForm:
+    """The Train widget's fields."""
+
+    root: str = ""
+    layout: str = D.data.layout
+    val_fraction: float = D.data.val_fraction
+    test_fraction: float = D.data.test_fraction
+    seed: int = D.data.seed
+    max_samples: int = 0  # 0 = all
+    augment: bool = D.data.augment.enabled
+    encoder: str = D.model.encoder_name
+    weights: str = "imagenet"  # one of WEIGHTS
+    weights_file: str = ""
+    task: str = D.model.task
+    image_size: int = D.preprocessing.image_size
+    w_seg: float = D.train.w_seg
+    w_cls: float = D.train.w_cls
+    epochs: int = D.train.epochs
+    batch_size: int = D.train.batch_size
+    lr: str = f"{D.train.lr:g}"
+    patience: int = D.train.early_stopping_patience or 0  # 0 = off
+    device: str = D.train.device
+    out_root: str = ""  # "" = default_output_root()
+
+    def to_run(self) -> RunConfig:
+        """The run configuration these fields describe (``ValueError`` with a clear message otherwise)."""
+        if not self.root.strip():
+            raise ValueError("choose a dataset folder")
+        if self.weights == "local file":
+            weights: str | None = self.weights_file.strip()
+            if not weights or not Path(weights).is_file():
+                raise ValueError(f"encoder weights file not found: {weights!r}")
+        elif self.weights == "none":
+            weights = None
+        elif self.weights == "imagenet":
+            weights = "imagenet"
+        else:
+            raise ValueError(f"encoder weights must be one of {WEIGHTS}, got {self.weights!r}")
+        lr = _number(self.lr, "learning rate")
+        base = RunConfig()
+        run = RunConfig(
+            model=ModelConfig(**{**base.model.to_dict(), "encoder_name": self.encoder.strip(),
+                                 "encoder_weights": weights, "task": self.task}),
+            preprocessing=Preprocessing(image_size=int(self.image_size)),
+            data=DataConfig(**{**base.data.to_dict(), "root": self.root.strip(), "layout": self.layout,
+                               "val_fraction": float(self.val_fraction), "test_fraction": float(self.test_fraction),
+                               "seed": int(self.seed), "max_samples": int(self.max_samples) or None,
+                               "augment": AugmentConfig(**{**base.data.augment.to_dict(),
+                                                           "enabled": bool(self.augment)})}),
+            train=TrainConfig(**{**base.train.to_dict(), "epochs": int(self.epochs),
+                                 "batch_size": int(self.batch_size), "lr": lr, "w_seg": float(self.w_seg),
+                                 "w_cls": float(self.w_cls),
+                                 "early_stopping_patience": int(self.patience) or None,
+                                 "device": self.device, "seed": int(self.seed)}),
+        )
+        return run
+
+    def run_folder(self, now: _dt.datetime | None = None) -> Path:
+        """A new folder for this run under the output root (nothing existing is reused)."""
+        from .paths import unique_path
+
+        stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        root = Path(self.out_root.strip() or default_output_root())
+        return unique_path(root / f"{Path(self.root.rstrip('/')).name or 'run'}-{self.encoder.strip()}-{stamp}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainForm:
+        """A form from remembered values; unknown keys and values of the wrong type are ignored."""
+        form = cls()
+        if not isinstance(data, dict):
+            return form
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                v = data[f.name]
+                default = getattr(form, f.name)
+                if isinstance(default, bool):
+                    ok = isinstance(v, bool)
+                elif isinstance(default, (int, float)):
+                    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                else:
+                    ok = isinstance(v, str)
+                if ok:
+                    setattr(form, f.name, type(default)(v))
+        return form

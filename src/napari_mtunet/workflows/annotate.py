@@ -1,0 +1,100 @@
+"""Corrections -> training samples: pairing an image with its labels, adding and undoing samples (no Qt).
+
+The Annotate widget calls these.  The pairing rule is the guard against
+writing one patient's pixels with another's mask: a Labels layer made by
+napari-mtunet names the image it belongs to (``source_layer`` in
+:mod:`napari_mtunet.layer_meta`), and any other image is refused; a Labels
+layer without that record must first be linked to its image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+class PairingError(ValueError):
+    """The image and the labels do not belong together; the message says which to choose."""
+
+
+@dataclass
+class SampleItem:
+    """One 2-D image with its corrected mask and class, ready to be written."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: str | None
+    slice_index: int | None = None
+
+
+@dataclass
+class AddedSample:
+    """A sample written to a training-set folder (kept for undo and the before/after metrics)."""
+
+    root: str
+    path: str
+    image: np.ndarray
+    mask: np.ndarray
+    label: str | None
+
+
+def check_pairing(image_name: str, image_shape: tuple[int, ...], labels_name: str, labels_shape: tuple[int, ...],
+                  record: Any, *, rgb: bool) -> None:
+    """Refuse an image that is not the one the labels were made from (or that differs in shape)."""
+    source = getattr(record, "source_layer", None)
+    if source is None:
+        raise PairingError(
+            f"the Labels layer {labels_name!r} does not say which image it belongs to; select its image and press "
+            "'Link labels to image' (or make the labels with 'New annotation layer')"
+        )
+    if source != image_name:
+        raise PairingError(
+            f"the Labels layer {labels_name!r} was made from the image {source!r}, not {image_name!r}; "
+            f"select {source!r} as the image (or make a new annotation layer for {image_name!r})"
+        )
+    spatial = tuple(image_shape[:-1]) if rgb else tuple(image_shape)
+    if spatial != tuple(labels_shape):
+        raise PairingError(
+            f"image {image_name!r} {spatial} and labels {labels_name!r} {tuple(labels_shape)} differ in shape"
+        )
+
+
+def sample_items(image: Any, labels: Any, classes: Sequence[str | None], *, rgb: bool,
+                 slices: Sequence[int] | None = None) -> list[SampleItem]:
+    """The (image, mask, class) items of a 2-D pair or of chosen slices of a stack."""
+    img = np.asarray(image)
+    lab = np.asarray(labels)
+    if lab.ndim == 2:
+        return [SampleItem(img, (lab > 0).astype(np.uint8), classes[0] if classes else None, None)]
+    idx = list(range(lab.shape[0])) if slices is None else [int(i) for i in slices]
+    return [SampleItem(img[i], (lab[i] > 0).astype(np.uint8), classes[i] if i < len(classes) else None, i)
+            for i in idx]
+
+
+def add_samples(root: str | os.PathLike, items: Sequence[SampleItem], *, group: str | None = None,
+                source: str | None = None, model: str | None = None) -> list[AddedSample]:
+    """Write ``items`` as new samples of the generic-layout dataset ``root``; ``labels.csv`` records the
+    source image (and slice) and the model whose prediction was corrected."""
+    from ..data.writer import write_generic_sample
+
+    missing = [i for i, it in enumerate(items) if not it.label]
+    if missing:
+        raise ValueError(f"set a class for every image to add (missing for {len(missing)} of {len(items)})")
+    out = []
+    for it in items:
+        src = None if source is None else (source if it.slice_index is None else f"{source} [{it.slice_index}]")
+        res = write_generic_sample(root, it.image, it.mask, it.label, group=group,
+                                   extra={"source": src, "model": model})
+        out.append(AddedSample(str(root), str(res.image), it.image, it.mask, it.label))
+    return out
+
+
+def undo_sample(sample: AddedSample) -> list[Path]:
+    """Remove a sample added by :func:`add_samples` (its row, image and mask)."""
+    from ..data.writer import remove_generic_sample
+
+    return remove_generic_sample(sample.root, Path(sample.path).name)
