@@ -126,3 +126,22 @@ def test_cpu_channels_last(tmp_path, monkeypatch):
     for mode in ("train", "infer"):
         assert set(res[mode]["median_s"]) == {"nchw", "channels_last"}
         assert res[mode]["ratio_channels_last_vs_nchw"]["median"] > 0
+
+
+def test_onnx_backend(tmp_path, monkeypatch):
+    import os
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    monkeypatch.delenv("MTUNET_CACHE_DIR", raising=False)
+    doc = run_script("onnx_backend", tmp_path, monkeypatch)
+    res = doc["results"]
+    for section in ("predict", "tiled", "bare"):
+        assert set(res[section]["median_s"]) >= {"torch", "onnxruntime"}
+        assert res[section]["ratio_torch_vs_onnxruntime"]["median"] > 0
+    assert "torch_channels_last" in res["bare"]["median_s"]
+    for section in ("predict", "tiled"):
+        agree = res["agreement"][section]
+        assert agree["mask_pixels"] > 0 and agree["max_abs_class_probability_diff"] >= 0
+    assert len(doc["targets"]) == 6
+    assert "MTUNET_CACHE_DIR" not in os.environ  # the script's private ONNX cache is gone with it
