@@ -238,6 +238,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_experiment(args) -> int:
+    if args.study == "finetune":
+        from .finetune_study import FinetuneStudySettings, run_finetune_study
+
+        overrides = json.loads(args.finetune_config) if args.finetune_config else {}
+        fs = FinetuneStudySettings(
+            dataset=str(args.dataset), layout=args.layout or "auto",
+            shifts=[s.strip() for s in args.shifts.split(",") if s.strip()],
+            ks=[int(k) for k in args.ks.split(",") if k.strip()], repeats=args.repeats,
+            encoder=args.encoders.split(",")[0].strip() if args.encoders != "vgg16,mobilenet_v2" else
+            "timm-tf_efficientnet_lite0",
+            encoder_weights=_none_word(args.encoder_weights), base_epochs=args.epochs or 20,
+            image_size=args.image_size or 128, base=args.base, config=overrides,
+            device=args.device, seed=args.seed,
+        )
+        report = run_finetune_study(fs, Path(args.out), log=_say)
+        _say(f"report: {report}")
+        return 0
     from .experiments import ExperimentSettings, run_experiment
 
     settings = ExperimentSettings(
@@ -247,8 +264,8 @@ def cmd_experiment(args) -> int:
         encoders=[e.strip() for e in args.encoders.split(",") if e.strip()],
         studies=[s.strip() for s in args.studies.split(",") if s.strip()],
         folds=args.folds,
-        epochs=args.epochs,
-        image_size=args.image_size,
+        epochs=args.epochs or D.train.epochs,
+        image_size=args.image_size or D.preprocessing.image_size,
         max_samples=args.max_samples,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -437,14 +454,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="the paper's experiments: multi- vs single-task, ablation, weights, k-fold")
     p.add_argument("dataset")
     p.add_argument("--preset", choices=("paper",), default="paper")
+    p.add_argument("--study", choices=("paper", "finetune"), default="paper",
+                   help="paper: multi- vs single-task, ablation, weights (k-fold); finetune: fine-tuning on k "
+                        "corrections of a shifted 'new scanner' (see docs/results.md)")
+    p.add_argument("--shifts", default="none,gain_gamma,blur,all", help="finetune study: scanner shifts")
+    p.add_argument("--ks", default="5,10,20", help="finetune study: numbers of corrected images")
+    p.add_argument("--repeats", type=int, default=3, help="finetune study: repeats per (shift, k)")
+    p.add_argument("--base", default=None, help="finetune study: a base checkpoint trained on part A")
+    p.add_argument("--finetune-config", default=None,
+                   help='finetune study: FinetuneConfig overrides as JSON, e.g. \'{"lr": 3e-4}\'')
     p.add_argument("--out", default="mtunet-experiment")
     _add_data_args(p)
     p.add_argument("--encoders", default="vgg16,mobilenet_v2")
     p.add_argument("--studies", default="baselines,ablation,weights",
                    help="comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights (sweep)")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=D.train.epochs)
-    p.add_argument("--image-size", type=int, default=D.preprocessing.image_size)
+    p.add_argument("--epochs", type=int, default=None, help=f"default: {D.train.epochs} (finetune study base: 20)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"default: {D.preprocessing.image_size} (finetune study: 128)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=D.train.batch_size)
     p.add_argument("--lr", type=float, default=D.train.lr)
