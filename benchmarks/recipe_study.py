@@ -45,6 +45,12 @@ VARIANTS: dict[str, dict] = {
     "bs8_cos_lr3e4": {"train": {"batch_size": 8, "lr_schedule": "cosine", "lr": 3e-4}},
     "bs8_cos_nocw": {"train": {"batch_size": 8, "lr_schedule": "cosine", "class_weights": None}},
     "bs16_cos": {"train": {"batch_size": 16, "lr_schedule": "cosine"}},
+    "bs8_cos_dicebce_warm": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce",
+                                       "warmup_epochs": 1}},
+    "bs8_cos_dicebce_enc03": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce",
+                                        "encoder_lr_scale": 0.3, "warmup_epochs": 1}},
+    "bs8_cos_dicebce_noval": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce",
+                                        "warmup_epochs": 1}, "data": {"val_fraction": 0.0}},
 }
 
 
