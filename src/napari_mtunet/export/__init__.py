@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import ExportError
-from .package import embedded_checkpoint_bytes, is_bioimageio_package, open_model
+from .package import extract_checkpoint, is_bioimageio_package, open_model
 
 #: Formats accepted by :func:`export_model` and the file suffix each one writes.
 FORMATS = {"onnx": ".onnx", "bioimageio": ".zip"}
@@ -75,10 +75,10 @@ __all__ = [
     "FORMATS",
     "ExportError",
     "default_output",
-    "embedded_checkpoint_bytes",
     "export_bioimageio",
     "export_model",
     "export_onnx",
+    "extract_checkpoint",
     "is_bioimageio_package",
     "open_model",
 ]

@@ -88,7 +88,7 @@ def load_source(checkpoint: Any, workdir: Path) -> Source:
     (the exported package embeds that file, so the round trip is exact).
     """
     from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from .package import embedded_checkpoint_bytes, is_bioimageio_package
+    from .package import extract_checkpoint, is_bioimageio_package
 
     if isinstance(checkpoint, torch.nn.Module):
         module = getattr(checkpoint, "module", checkpoint)
@@ -107,9 +107,7 @@ def load_source(checkpoint: Any, workdir: Path) -> Source:
     if not path.exists():
         raise ExportError(f"{path}: no such file or folder")
     if is_bioimageio_package(path):
-        data, name = embedded_checkpoint_bytes(path)
-        ckpt = workdir / name
-        ckpt.write_bytes(data)
+        ckpt = extract_checkpoint(path, workdir)
         try:
             model, info = load_checkpoint(ckpt)
         except CheckpointError as exc:

@@ -24,6 +24,8 @@ from ..checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 CONFIG_KEY = "napari-mtunet"
 MAX_RDF_BYTES = 4 * 1024 * 1024
+#: Far above any real checkpoint (VGG16 UNet: ~100 MB); guards against zip bombs.
+MAX_CHECKPOINT_BYTES = 16 * 1024**3
 
 
 def _rdf_in_folder(folder: Path) -> Path | None:
@@ -96,8 +98,27 @@ def _checkpoint_name(rdf: dict[str, Any], where: str) -> str:
     return name
 
 
-def embedded_checkpoint_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
-    """``(bytes, file name)`` of the checkpoint embedded in a napari-mtunet bioimage.io package."""
+def _copy_limited(src: Any, dst: Path, limit: int, where: str) -> None:
+    """Stream ``src`` (a binary file object) into ``dst``, refusing more than ``limit`` bytes."""
+    total = 0
+    with open(dst, "wb") as out:
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise CheckpointError(f"{where}: the embedded checkpoint is larger than {limit} bytes; refused")
+            out.write(chunk)
+
+
+def extract_checkpoint(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Copy the checkpoint embedded in a napari-mtunet bioimage.io package into ``folder``; returns its path.
+
+    Only the file that ``rdf.yaml`` names (a plain ``.safetensors`` file name
+    listed among the attachments) is read, streamed with a size limit;
+    nothing else in the package is extracted or executed.
+    """
     p = Path(path)
     where = str(p)
     if p.is_file() and zipfile.is_zipfile(p):
@@ -106,21 +127,34 @@ def embedded_checkpoint_bytes(path: str | os.PathLike) -> tuple[bytes, str]:
                 rdf_name = _zip_rdf_name(zf)
                 if rdf_name is None:
                     raise CheckpointError(f"{where}: a zip archive without rdf.yaml, not a bioimage.io package")
+                if zf.getinfo(rdf_name).file_size > MAX_RDF_BYTES:
+                    raise CheckpointError(f"{where}: rdf.yaml is implausibly large ({zf.getinfo(rdf_name).file_size} bytes)")
                 name = _checkpoint_name(_parse_rdf(zf.read(rdf_name), where), where)
                 try:
-                    return zf.read(name), name
+                    member = zf.getinfo(name)
                 except KeyError:
                     raise CheckpointError(f"{where}: the package lacks its checkpoint file {name!r}") from None
+                if member.file_size > MAX_CHECKPOINT_BYTES:
+                    raise CheckpointError(f"{where}: the embedded checkpoint is larger than {MAX_CHECKPOINT_BYTES} bytes; refused")
+                dst = Path(folder) / name
+                with zf.open(member) as src:
+                    _copy_limited(src, dst, MAX_CHECKPOINT_BYTES, where)
+                return dst
         except zipfile.BadZipFile as exc:
             raise CheckpointError(f"{where}: corrupt zip archive ({exc})") from None
     rdf_path = _rdf_in_folder(p) if p.is_dir() else p
     if rdf_path is None or not rdf_path.is_file():
         raise CheckpointError(f"{where}: no rdf.yaml found; not a bioimage.io package")
+    if rdf_path.stat().st_size > MAX_RDF_BYTES:
+        raise CheckpointError(f"{where}: rdf.yaml is implausibly large ({rdf_path.stat().st_size} bytes)")
     name = _checkpoint_name(_parse_rdf(rdf_path.read_bytes(), where), where)
     ckpt = rdf_path.parent / name
     if not ckpt.is_file():
         raise CheckpointError(f"{where}: the package lacks its checkpoint file {name!r} (expected {ckpt})")
-    return ckpt.read_bytes(), name
+    dst = Path(folder) / name
+    with open(ckpt, "rb") as src:
+        _copy_limited(src, dst, MAX_CHECKPOINT_BYTES, where)
+    return dst
 
 
 def open_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, CheckpointInfo]:
@@ -140,10 +174,8 @@ def open_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         )
     if not is_bioimageio_package(p):
         return load_checkpoint(p, device=device)
-    data, name = embedded_checkpoint_bytes(p)
     with tempfile.TemporaryDirectory(prefix="mtunet-package-") as work:
-        ckpt = Path(work) / name
-        ckpt.write_bytes(data)
+        ckpt = extract_checkpoint(p, work)
         try:
             model, info = load_checkpoint(ckpt, device=device)
         except CheckpointError as exc:
