@@ -94,3 +94,49 @@ def test_empty_split_is_nan_not_crash():
     m = segmentation_metrics(np.zeros((0, 4, 4), bool), np.zeros((0, 4, 4), bool))
     assert m["dice"].n == 0 and math.isnan(m["dice"].value)
     assert "n/a" in m["dice"].format()
+
+
+def test_vectorised_bootstrap_equals_the_loop_on_the_same_resamples():
+    """Every batched statistic gives exactly the per-resample value of the scikit-learn loop."""
+    from napari_mtunet.training import metrics as M
+
+    rng = np.random.default_rng(3)
+    for k, n in ((3, 60), (2, 40), (4, 25)):
+        y = rng.integers(0, k, n)
+        y[:k] = np.arange(k)
+        logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+        prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        prob[5] = prob[6]  # ties in the scores
+        pred = prob.argmax(1)
+        batched = M._batched_classification(y, pred, prob, k)
+        idx = M.bootstrap_indices(n, 200, seed=1)
+        from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loops = [
+                lambda i: float((y[i] == pred[i]).mean()),
+                lambda i: balanced_accuracy_score(y[i], pred[i]),
+                lambda i: f1_score(y[i], pred[i], labels=list(range(k)), average="macro", zero_division=0),
+            ]
+            for f, b in zip(loops, batched[:3]):
+                np.testing.assert_allclose(b(idx), [f(r) for r in idx], atol=1e-12)
+            aucs = []
+            for r in idx:
+                t = y[r]
+                present = np.unique(t)
+                if len(present) < 2:
+                    aucs.append(np.nan)
+                elif k == 2:
+                    aucs.append(roc_auc_score(t, prob[r, 1]))
+                else:
+                    aucs.append(np.mean([roc_auc_score(t == c, prob[r, c]) for c in present]))
+            np.testing.assert_allclose(batched[3](idx), aucs, atol=1e-12)
+    # segmentation: mean and pooled Dice
+    inter, ps, ts = (rng.integers(0, 50, 30).astype(float) for _ in range(3))
+    idx = M.bootstrap_indices(30, 100, seed=2)
+    pooled = M.batched_pooled_dice(inter, ps, ts)(idx)
+    expected = [1.0 if ps[r].sum() + ts[r].sum() == 0 else 2 * inter[r].sum() / (ps[r].sum() + ts[r].sum()) for r in idx]
+    np.testing.assert_allclose(pooled, expected)

@@ -329,15 +329,17 @@ def pooled_oof(out: Path, encoder: str, variant: str, class_names: list[str], n_
         pos = ts > 0
         from .training.metrics import MetricValue
 
+        from .training.metrics import batched_mean, batched_pooled_dice
+
         def mv(name, arr):
-            lo, hi = bootstrap_ci(len(arr), lambda i: float(arr[i].mean()), n_boot=n_boot)
+            lo, hi = bootstrap_ci(len(arr), lambda i: float(arr[i].mean()), n_boot=n_boot, batched=batched_mean(arr))
             return MetricValue(name, float(arr.mean()) if len(arr) else math.nan, lo, hi, len(arr), "out-of-fold")
 
         def gd(i):
             d = ps[i].sum() + ts[i].sum()
             return 1.0 if d == 0 else float(2 * inter[i].sum() / d)
 
-        glo, ghi = bootstrap_ci(len(inter), gd, n_boot=n_boot)
+        glo, ghi = bootstrap_ci(len(inter), gd, n_boot=n_boot, batched=batched_pooled_dice(inter, ps, ts))
         res["segmentation"] = {
             "dice": mv("Dice", dice),
             "iou": mv("IoU", iou),

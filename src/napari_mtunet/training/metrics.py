@@ -63,6 +63,19 @@ def _nan() -> float:
     return float("nan")
 
 
+def bootstrap_indices(n: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """``(n_boot, n)`` resampling indices (all resamples drawn at once)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _percentiles(vals: np.ndarray, n_boot: int, level: float) -> tuple[float, float]:
+    vals = vals[np.isfinite(vals)]
+    if len(vals) < max(10, n_boot // 10):
+        return _nan(), _nan()
+    alpha = (1.0 - level) / 2.0
+    return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1.0 - alpha))
+
+
 def bootstrap_ci(
     n: int,
     statistic: Callable[[np.ndarray], float],
@@ -70,39 +83,110 @@ def bootstrap_ci(
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
     level: float = CI_LEVEL,
+    batched: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(indices)`` over ``n`` resampled items.
 
-    Resamples for which the statistic is undefined (NaN, e.g. an AUC with a
-    single class present) are skipped.
+    ``batched``, when given, computes the statistic for all resamples at once
+    from the ``(n_boot, n)`` index matrix (vectorised; same resamples as the
+    loop).  Resamples for which the statistic is undefined (NaN, e.g. an AUC
+    with a single class present) are skipped.
     """
     if n < 2 or n_boot < 1:
         return _nan(), _nan()
-    rng = np.random.default_rng(seed)
+    idx = bootstrap_indices(n, n_boot, seed)
+    if batched is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _percentiles(np.asarray(batched(idx), dtype=np.float64), n_boot, level)
     vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
+    for row in idx:
         try:
-            v = float(statistic(idx))
+            v = float(statistic(row))
         except ValueError:
             continue
-        if math.isfinite(v):
-            vals.append(v)
-    if len(vals) < max(10, n_boot // 10):
-        return _nan(), _nan()
-    alpha = (1.0 - level) / 2.0
-    return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1.0 - alpha))
+        vals.append(v)
+    return _percentiles(np.asarray(vals, dtype=np.float64), n_boot, level)
 
 
-def _metric(name, stat, n, split, n_boot, seed) -> MetricValue:
+def _metric(name, stat, n, split, n_boot, seed, batched=None) -> MetricValue:
     if n == 0:
         return MetricValue(name, _nan(), _nan(), _nan(), 0, split)
     try:
         value = float(stat(np.arange(n)))
     except ValueError:
         value = _nan()
-    lo, hi = bootstrap_ci(n, stat, n_boot=n_boot, seed=seed) if math.isfinite(value) else (_nan(), _nan())
+    lo, hi = (bootstrap_ci(n, stat, n_boot=n_boot, seed=seed, batched=batched) if math.isfinite(value)
+              else (_nan(), _nan()))
     return MetricValue(name, value, lo, hi, n, split)
+
+
+def batched_mean(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Mean of ``values`` over each resample (rows of an index matrix)."""
+    values = np.asarray(values, dtype=np.float64)
+    return lambda idx: values[idx].mean(axis=1)
+
+
+def batched_pooled_dice(inter: np.ndarray, p_sum: np.ndarray, t_sum: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Global (pooled-pixel) Dice over each resample."""
+    def stat(idx: np.ndarray) -> np.ndarray:
+        d = p_sum[idx].sum(1) + t_sum[idx].sum(1)
+        return np.where(d == 0, 1.0, 2.0 * inter[idx].sum(1) / np.where(d == 0, 1.0, d))
+
+    return stat
+
+
+def _batched_classification(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.ndarray, k: int):
+    """Vectorised bootstrap statistics (accuracy, balanced accuracy, macro F1, OvR AUC) over index matrices."""
+    correct = (y_true == y_pred).astype(np.float64)
+    t_onehot = (y_true[:, None] == np.arange(k)[None]).astype(np.float64)  # (n, k)
+    p_onehot = (y_pred[:, None] == np.arange(k)[None]).astype(np.float64)
+
+    def counts(idx: np.ndarray, per_item: np.ndarray) -> np.ndarray:
+        # per resample and class: sum of per_item over the resampled items -> (B, k)
+        return per_item[idx].sum(axis=1)
+
+    def acc(idx):
+        return correct[idx].mean(axis=1)
+
+    def bacc(idx):
+        support = counts(idx, t_onehot)
+        hits = counts(idx, t_onehot * correct[:, None])
+        recall = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
+        return np.nanmean(recall, axis=1)
+
+    def f1(idx):
+        tp = counts(idx, t_onehot * p_onehot)
+        fp = counts(idx, (1 - t_onehot) * p_onehot)
+        fn = counts(idx, t_onehot * (1 - p_onehot))
+        denom = 2 * tp + fp + fn
+        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0).mean(axis=1)
+
+    def auc(idx):
+        # Mann-Whitney form with resampling multiplicities: one pairwise comparison matrix per class.
+        n = len(y_true)
+        b = len(idx)
+        w = np.zeros((b, n))
+        np.add.at(w, (np.repeat(np.arange(b), idx.shape[1]), idx.reshape(-1)), 1.0)
+        per_class = []
+        for c in range(k):
+            pos = y_true == c
+            if not pos.any() or pos.all():
+                per_class.append(np.full(b, np.nan))
+                continue
+            s = y_prob[:, c]
+            sp, sn = s[pos], s[~pos]
+            cmp = (sp[:, None] > sn[None]).astype(np.float64) + 0.5 * (sp[:, None] == sn[None])
+            wp, wn = w[:, pos], w[:, ~pos]
+            num = np.einsum("bi,ij,bj->b", wp, cmp, wn)
+            den = wp.sum(1) * wn.sum(1)
+            per_class.append(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
+        vals = np.stack(per_class, axis=1)  # (B, k): NaN where a class is absent from the resample
+        present = np.isfinite(vals).sum(axis=1)
+        if k == 2:
+            return vals[:, 1]
+        return np.where(present >= 2, np.nanmean(vals, axis=1), np.nan)
+
+    return acc, bacc, f1, auc if len(y_true) <= 3000 else None
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -166,11 +250,14 @@ def segmentation_metrics(
 
     n, n_pos = len(dice), len(pos)
     return {
-        "dice": _metric("Dice", mean_of(dice), n, split, n_boot, seed),
-        "iou": _metric("IoU", mean_of(iou), n, split, n_boot, seed + 1),
-        "dice_lesion": _metric("Dice (lesion images)", mean_of(dice, pos), n_pos, split, n_boot, seed + 2),
-        "iou_lesion": _metric("IoU (lesion images)", mean_of(iou, pos), n_pos, split, n_boot, seed + 3),
-        "dice_global": _metric("Dice (global, pooled pixels)", global_dice, n, split, n_boot, seed + 4),
+        "dice": _metric("Dice", mean_of(dice), n, split, n_boot, seed, batched_mean(dice)),
+        "iou": _metric("IoU", mean_of(iou), n, split, n_boot, seed + 1, batched_mean(iou)),
+        "dice_lesion": _metric("Dice (lesion images)", mean_of(dice, pos), n_pos, split, n_boot, seed + 2,
+                               batched_mean(dice[pos])),
+        "iou_lesion": _metric("IoU (lesion images)", mean_of(iou, pos), n_pos, split, n_boot, seed + 3,
+                              batched_mean(iou[pos])),
+        "dice_global": _metric("Dice (global, pooled pixels)", global_dice, n, split, n_boot, seed + 4,
+                               batched_pooled_dice(inter, p_sum, t_sum)),
     }
 
 
@@ -237,11 +324,12 @@ def classification_metrics(
         p = y_prob[idx] / np.clip(y_prob[idx].sum(1, keepdims=True), 1e-12, None)
         return roc_auc_score(t, p, multi_class="ovr", average="macro", labels=labels)
 
+    b_acc, b_bacc, b_f1, b_auc = _batched_classification(y_true, y_pred, y_prob, k)
     out: dict[str, Any] = {
-        "accuracy": _metric("accuracy", acc, n, split, n_boot, seed + 10),
-        "balanced_accuracy": _metric("balanced accuracy", bacc, n, split, n_boot, seed + 11),
-        "macro_f1": _metric("macro F1", f1, n, split, n_boot, seed + 12),
-        "auc_ovr": _metric("ROC AUC (one-vs-rest, macro)", auc, n, split, n_boot, seed + 13),
+        "accuracy": _metric("accuracy", acc, n, split, n_boot, seed + 10, b_acc),
+        "balanced_accuracy": _metric("balanced accuracy", bacc, n, split, n_boot, seed + 11, b_bacc),
+        "macro_f1": _metric("macro F1", f1, n, split, n_boot, seed + 12, b_f1),
+        "auc_ovr": _metric("ROC AUC (one-vs-rest, macro)", auc, n, split, n_boot, seed + 13, b_auc),
     }
     if n:
         prec, rec, _, support = precision_recall_fscore_support(
