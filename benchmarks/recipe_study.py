@@ -59,15 +59,16 @@ def run_variant(data, fold: dict, *, encoder: str, weights: str | None, task: st
     from napari_mtunet.checkpoint import load_checkpoint
     from napari_mtunet.config import AugmentConfig, ModelConfig, Preprocessing, TrainConfig
     from napari_mtunet.training import Trainer
-    from napari_mtunet.training.data_bridge import LoadedData, make_dataset
+    from napari_mtunet.workflows.data import LoadedData
 
     t0 = time.perf_counter()
     loaded = LoadedData(root=data.root, layout="study", samples=data.samples, class_names=data.class_names)
     aug = AugmentConfig(**{**AugmentConfig().to_dict(), **overrides.get("augment", {})})
     use_val = overrides.get("data", {}).get("val_fraction", 0.15) > 0
     tr_idx = fold["train"] if use_val else np.concatenate([fold["train"], fold["val"]])
-    train_ds = make_dataset(loaded, tr_idx, size, augment=aug, store=store)
-    val_ds = make_dataset(loaded, fold["val"], size, store=store) if use_val else None
+    pre = Preprocessing(image_size=size)
+    train_ds = loaded.dataset(tr_idx, pre, augment=aug, store=store)
+    val_ds = loaded.dataset(fold["val"], pre, store=store) if use_val else None
     tcfg = TrainConfig(**{**TrainConfig().to_dict(), "epochs": epochs, "seed": seed, "device": "cpu",
                           **overrides.get("train", {})})
     mcfg = ModelConfig(**{**ModelConfig(encoder_name=encoder, encoder_weights=weights, task=task,
