@@ -7,9 +7,10 @@ One module-scoped build (``python -m build``: sdist, then the wheel built
   version, napari only in an extra); the LICENSE in both distributions;
 - the sdist holds what the test suite needs (conftest.py, data_fixtures.py,
   the benchmark scripts) and pytest collects it without errors;
-- the wheel installed into a fresh virtual environment (``--system-site-packages``
-  + ``--no-deps``: the wheel's own files, entry points and manifest, with
-  this machine's dependencies); every declared requirement resolves there;
+- the wheel installed into a fresh virtual environment (``--no-deps``; this
+  interpreter's packages visible after the venv's own: the wheel's files,
+  entry points and manifest with this machine's dependencies); every declared
+  requirement resolves there;
 - the CPU install path: with torch/torchvision already installed (as the
   README's CPU instructions do first), installing the wheel installs nothing
   else -- pip keeps the user's torch build;
@@ -90,9 +91,19 @@ def dist(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def venv(dist) -> Path:
     """A fresh virtual environment seeing this machine's packages, with the wheel installed (no deps)."""
+    import sysconfig
+
     path = dist["work"] / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)])
+    _run([sys.executable, "-m", "venv", "--without-pip", str(path)])
     py = path / ("Scripts" if os.name == "nt" else "bin") / "python"
+    # This interpreter's packages (torch & co.) become visible *after* the venv's own site-packages --
+    # also when the tests themselves run in a virtual environment, where --system-site-packages would
+    # expose the base interpreter instead.
+    venv_site = Path(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip())
+    outer = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (venv_site / "_mtunet_test_outer_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in outer)
+    )
     # the README's CPU path installs torch + torchvision first; then pip must install nothing but napari-mtunet
     report = dist["work"] / "pip-report.json"
     _run([sys.executable, "-m", "pip", "--isolated", "--python", str(py), "install", "--dry-run", "--no-index",
