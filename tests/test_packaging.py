@@ -151,6 +151,21 @@ def test_wheel_metadata_is_complete_and_honest(dist):
     assert napari_extra
 
 
+def test_citation_and_hub_page_agree_with_the_package():
+    import yaml
+
+    import napari_mtunet
+
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    assert str(cff["version"]) == napari_mtunet.__version__, "bump CITATION.cff's version with the package's"
+    assert cff["license"] == "BSD-3-Clause"
+    dois = {str(r.get("doi")) for r in cff["references"]}
+    assert "10.1016/j.dib.2019.104863" in dois  # BUSI
+    hub = (REPO / ".napari-hub" / "DESCRIPTION.md").read_text()
+    assert "pip install" in hub and "napari-mtunet[all]" in hub
+
+
 def test_distributions_contain_license_manifest_and_test_support(dist):
     with zipfile.ZipFile(dist["wheel"]) as zf:
         names = set(zf.namelist())
