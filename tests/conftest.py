@@ -50,8 +50,9 @@ def tiny_model():
 
 @pytest.fixture(autouse=True)
 def _isolated_user_config(tmp_path_factory, monkeypatch):
-    """Widgets remember settings under MTUNET_CONFIG_DIR: never the user's real config in tests."""
-    monkeypatch.setenv("MTUNET_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "mtunet-config"))
+    """Widgets remember settings under MTUNET_CONFIG_DIR: never the user's real config in tests, and a fresh
+    one for every test (what one test's widgets remembered must not fill another test's widgets)."""
+    monkeypatch.setenv("MTUNET_CONFIG_DIR", str(tmp_path_factory.mktemp("mtunet-config")))
 
 
 @pytest.fixture

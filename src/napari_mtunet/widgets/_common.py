@@ -47,7 +47,7 @@ def error_message(exc: BaseException, context: str = "") -> str:
     """The core's clear message, with advice for the failures users hit most."""
     msg = str(exc).strip() or type(exc).__name__
     low = msg.lower()
-    if isinstance(exc, MemoryError) or "out of memory" in low:
+    if (isinstance(exc, MemoryError) or "out of memory" in low) and "reduce the batch size" not in low:
         msg = (
             f"Out of memory ({msg}). Reduce the batch size or the image size, "
             "or predict big images in tiles with a smaller tile size."
@@ -129,6 +129,18 @@ def layer_record(layer: Any) -> Any:
     return layer_meta.read(getattr(layer, "metadata", None)) if layer is not None else None
 
 
+def text_overlay(viewer: Any) -> Any:
+    """napari's text overlay (``viewer.canvas.overlays["text"]`` since napari 0.6; ``viewer.text_overlay`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None:
+        try:
+            return overlays["text"]
+        except (KeyError, TypeError):
+            pass
+    return viewer.text_overlay
+
+
 class ClassOverlay:
     """Shows the class of the image on screen in napari's text overlay, saying where it comes from
     (predicted / ground truth / your correction): for the active layer, else the top visible one with a class."""
@@ -156,7 +168,7 @@ class ClassOverlay:
 
         try:
             layer = self.layer()
-            overlay = self.viewer.text_overlay
+            overlay = text_overlay(self.viewer)
         except Exception:  # noqa: BLE001 - a closing viewer
             return
         if layer is None:
@@ -289,9 +301,42 @@ def combo(items: Iterable[str], current: str | None = None, editable: bool = Fal
 
 
 def device_choices() -> list[str]:
-    from ..device import available_devices
+    """"auto" and the devices of this machine; only "auto" and "cpu" until the warm-up has imported torch
+    (asking torch which GPUs exist imports it, which must not happen on napari's GUI thread)."""
+    devices = _WARM.get("devices")
+    return ["auto", *(devices or ["cpu"])]
 
-    return ["auto", *available_devices()]
+
+class DeviceCombo(QComboBox):
+    """The device choice: "auto", "cpu" at once; the GPUs are added when the background warm-up knows them."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._wanted = "auto"
+        self.refresh()
+        self.currentTextChanged.connect(self._chosen)
+
+    def _chosen(self, name: str) -> None:
+        if name:
+            self._wanted = name
+
+    def refresh(self) -> None:
+        names = device_choices()
+        if [self.itemText(i) for i in range(self.count())] == names:
+            return
+        current = self._wanted if self._wanted in names else (self.currentText() or "auto")
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        self.setCurrentText(current if current in names else "auto")
+        self.blockSignals(False)
+        self.setToolTip("Available here: " + ", ".join(names[1:]) + ("" if warm_up_done() else " (looking for GPUs…)"))
+
+    def want(self, name: str) -> None:
+        """Choose ``name`` now, or when it becomes available (a remembered "cuda:0" before the GPUs are known)."""
+        self._wanted = name
+        if name in [self.itemText(i) for i in range(self.count())]:
+            self.setCurrentText(name)
 
 
 #: Modules whose first import holds the GIL for up to a few hundred ms at a time
@@ -312,7 +357,7 @@ WARM_MODULES = (
     "skimage.transform",
     "torchvision.transforms.v2",
 )
-_WARM: dict[str, Any] = {"thread": None, "done": False}
+_WARM: dict[str, Any] = {"thread": None, "done": False, "devices": None}
 
 
 def warm_up() -> Any:
@@ -341,6 +386,12 @@ def warm_up() -> Any:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional module is reported where it is used
                 pass
+        try:
+            from ..device import available_devices
+
+            _WARM["devices"] = available_devices()
+        except Exception:  # noqa: BLE001 - "cpu" stays the choice
+            _WARM["devices"] = ["cpu"]
         _WARM["done"] = True
         _WARM["thread"] = None
 

@@ -22,10 +22,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from ._common import error_message, notify_error, notify_info, state_for, warm_up
+from ._common import DeviceCombo, error_message, notify_error, notify_info, state_for, warm_up, warm_up_done
 
 
 @dataclass
@@ -63,21 +63,37 @@ class _Nothing:
         return None
 
 
+def breakable(text: str, every: int = 16) -> str:
+    """``text`` with zero-width spaces after path separators and inside long runs (hashes), where Qt may wrap."""
+    out, run = [], 0
+    for ch in str(text):
+        out.append(ch)
+        run = 0 if ch.isspace() else run + 1
+        if ch in "/\\_-:.," or run >= every:
+            out.append("\u200b")
+            run = 0
+    return "".join(out)
+
+
+def no_widen(label: QLabel) -> QLabel:
+    """A word-wrapping label whose text never widens the dock."""
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.setMinimumWidth(60)
+    return label
+
+
 class StatusLabel(QLabel):
-    """A status line that wraps words and never widens the dock (long paths are broken anywhere)."""
+    """A status line that wraps words and never widens the dock (long paths and hashes are broken anywhere)."""
 
     def __init__(self, text: str = "") -> None:
-        super().__init__(text)
-        self.setWordWrap(True)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(60)
+        super().__init__("")
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        no_widen(self)
+        self.setText(text)
 
     def setText(self, text: str) -> None:  # noqa: N802 - Qt API
-        # zero-width spaces after separators let Qt wrap long paths and hashes
-        shown = str(text)
-        for sep in ("/", "\\", "_", "-", ":"):
-            shown = shown.replace(sep, sep + "\u200b")
-        super().setText(shown)
+        super().setText(breakable(text))
         self.setToolTip(str(text) if len(str(text)) > 60 else "")
 
     def plain_text(self) -> str:
@@ -99,8 +115,8 @@ class JobWidget(QWidget):
         self.last_error: str | None = None
         self.events: list[Any] = []
         self._context = ""
-        self._on_result: Callable | None = None
-        self._on_event: Callable | None = None
+        self._job_result_cb: Callable | None = None
+        self._job_event_cb: Callable | None = None
         self._failed = False
 
         self.body = QWidget()
@@ -120,6 +136,18 @@ class JobWidget(QWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.stop_job)
+        # the GPUs are known once the warm-up has imported torch (never on this thread): poll for it
+        self._warm_timer = QTimer(self)
+        self._warm_timer.setInterval(200)
+        self._warm_timer.timeout.connect(self._check_warm)
+        self._warm_timer.start()
+
+    def _check_warm(self) -> None:
+        if not warm_up_done():
+            return
+        self._warm_timer.stop()
+        for c in self.findChildren(DeviceCombo):
+            c.refresh()
 
     # ------------------------------------------------------------------ jobs
 
@@ -151,8 +179,8 @@ class JobWidget(QWidget):
         self.last_error = None
         self._failed = False
         self._context = context
-        self._on_result = on_result
-        self._on_event = on_event
+        self._job_result_cb = on_result
+        self._job_event_cb = on_event
         self.events = []
         if cancellable:
             from ..events import CancelToken
@@ -184,12 +212,12 @@ class JobWidget(QWidget):
         self.events.append(item)
         if getattr(item, "kind", None) == "status":
             self.status.setText(item.text)
-        if self._on_event is not None:
-            self._on_event(item)
+        if self._job_event_cb is not None:
+            self._job_event_cb(item)
 
     def _returned(self, result: Any) -> None:
-        if not self._failed and self._on_result is not None:
-            self._on_result(result)
+        if not self._failed and self._job_result_cb is not None:
+            self._job_result_cb(result)
 
     def _errored(self, exc: BaseException) -> None:  # only if the guard itself failed
         self._failed = True
@@ -227,11 +255,21 @@ class JobWidget(QWidget):
         # (no closeEvent): a running job must stop then, not go on invisibly.
         if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
             self.stop_job()
+            self.on_closed()
         return super().event(ev)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self.stop_job()
+        self.on_closed()
         super().closeEvent(event)
+
+    def on_closed(self) -> None:
+        """The dock was closed (override: remember settings ...)."""
+
+    @property
+    def docked(self) -> bool:
+        """Whether the widget is still in napari (a closed dock hands nothing to the other widgets)."""
+        return self.parent() is not None
 
 
 def settings_path(name: str) -> str:

@@ -25,8 +25,8 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabe
 from .. import layer_meta
 from ..config import FinetuneConfig
 from ..workflows.annotate import AddedSample, PairingError, add_samples, check_pairing, sample_items, undo_sample
-from ._common import LayerCombo, PathEdit, combo, current_slice, device_choices, layer_record
-from ._job import JobWidget, StatusLabel
+from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_record
+from ._job import JobWidget, StatusLabel, no_widen
 from .predict import MODEL_FILTER, layer_array
 
 
@@ -61,7 +61,7 @@ class AnnotateWidget(JobWidget):
         self.added_label = StatusLabel("No samples added yet")
 
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model to fine-tune (default: the one that predicted)")
-        self.device = combo(device_choices(), "auto")
+        self.device = DeviceCombo()
         self.finetune_button = QPushButton("Fine-tune")
         self.progress = QProgressBar()
         self.progress.setFormat("step %v/%m")
@@ -92,8 +92,9 @@ class AnnotateWidget(JobWidget):
         f.addRow("Model", self.checkpoint)
         f.addRow("Device", self.device)
         cfg = FinetuneConfig()
-        f.addRow(QLabel(f"{cfg.steps_per_sample:g} steps per corrected image ({cfg.min_steps}-{cfg.max_steps}), "
-                        f"replay of the model's own training data, {cfg.check_fraction:.0%} held back to check"))
+        f.addRow(no_widen(QLabel(
+            f"{cfg.steps_per_sample:g} steps per corrected image ({cfg.min_steps}-{cfg.max_steps}), replay of the "
+            f"model's own training data, {cfg.check_fraction:.0%} held back to check")))
         f.addRow(self.finetune_button)
         f.addRow(self.progress)
         f.addRow(self.metrics_label)
@@ -110,7 +111,10 @@ class AnnotateWidget(JobWidget):
         self.add_button.clicked.connect(self.add_to_training_set)
         self.undo_button.clicked.connect(self.undo_last)
         self.finetune_button.clicked.connect(self.finetune_or_stop)
+        # a pick (even of the class already shown) and a change made from a script both record the class;
+        # the widget's own updates block the signals
         self.class_choice.activated.connect(self._class_picked)
+        self.class_choice.currentIndexChanged.connect(self._class_picked)
         self.labels_layer.currentIndexChanged.connect(self._labels_changed)
         napari_viewer.dims.events.current_step.connect(self._show_class)
         self.state.checkpoint_changed.connect(self._on_checkpoint)
@@ -170,10 +174,11 @@ class AnnotateWidget(JobWidget):
             return
         info = rec.slice(self._slice(labels))
         self.class_info.setText(layer_meta.describe_slice(info))
-        if info is not None and info.label:
-            self.class_choice.blockSignals(True)
-            self.class_choice.setCurrentText(info.label)
-            self.class_choice.blockSignals(False)
+        # the combo shows the class this image would be added with (none yet: blank, not the last one shown)
+        self.class_choice.blockSignals(True)
+        self.class_choice.setCurrentIndex(self.class_choice.findText(info.label) if info is not None and info.label
+                                          else -1)
+        self.class_choice.blockSignals(False)
 
     def _class_picked(self, *_: Any) -> None:
         """The user chose a class: recorded as their correction for the image on screen."""
@@ -248,9 +253,6 @@ class AnnotateWidget(JobWidget):
         lab = np.asarray(labels.data)
         check_pairing(image.name, img.shape, labels.name, lab.shape, rec, rgb=rgb)
         n = self._n_slices(labels)
-        if self.class_choice.currentText():
-            self._class_picked()
-            rec = self._record(labels)
         classes = [(rec.slice(i).label if rec.slice(i) is not None else None) for i in range(n)]
         slices = None if (lab.ndim == 2 or self.all_slices.isChecked()) else [self._slice(labels) or 0]
         return sample_items(img, lab, classes, rgb=rgb, slices=slices), image, rec
@@ -338,6 +340,6 @@ class AnnotateWidget(JobWidget):
         self.child_checkpoint = str(outcome.child)
         self.metrics = outcome.metrics
         self.metrics_label.setText(outcome.summary() or "no metrics (no masks or labels to score)")
-        if self.parent() is not None:
+        if self.docked:
             self.state.set_checkpoint(self.child_checkpoint)  # the Predict widget switches to the child
         self.inform(f"New model {self.child_checkpoint} (now selected in the Predict widget). {outcome.summary()}")

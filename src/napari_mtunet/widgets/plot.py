@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
@@ -27,6 +28,8 @@ class PlotPanel(QWidget):
         self.series: dict[str, list[tuple[float, float]]] = {}
         self.previous: dict[str, list[tuple[float, float]]] = {}
         self.colors: dict[str, str] = {}
+        #: what the last paint drew: tick labels, legend and plot rectangles (read by tests and screenshots)
+        self.drawn: dict[str, Any] = {}
         self.setMinimumSize(160, 150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
@@ -91,6 +94,7 @@ class PlotPanel(QWidget):
         legend_rows = max(1, math.ceil(len(names) / 2)) if names else 0
         left, right, top, bottom = 44, 8, 18 + line_h * legend_rows, 30
         plot = QRectF(left, top, max(10, w - left - right), max(10, h - top - bottom))
+        drawn: dict[str, Any] = {"plot": QRectF(plot), "legend": [], "x_ticks": [], "y_ticks": []}
         p.setPen(QPen(fg))
         p.drawText(QRectF(0, 0, w, 16), Qt.AlignmentFlag.AlignCenter, self.title)
         # legend strip (above the plot area, never over the curves)
@@ -105,6 +109,7 @@ class PlotPanel(QWidget):
             pts = self.series.get(name) or []
             last = f" {pts[-1][1]:.3f}" if pts else ""
             p.drawText(QRectF(lx + 16, ly, col_w - 18, line_h), Qt.AlignmentFlag.AlignLeft, name + last)
+            drawn["legend"].append((name, QRectF(lx, ly, col_w, line_h)))
         x0, x1, y0, y1 = self._bounds()
 
         def to_px(x: float, y: float) -> QPointF:
@@ -122,6 +127,7 @@ class PlotPanel(QWidget):
             p.setPen(QPen(fg))
             p.drawText(QRectF(0, pt.y() - 8, left - 4, 16), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
                        f"{yy:.3g}")
+            drawn["y_ticks"].append(f"{yy:.3g}")
         # x tick labels (epochs)
         for xv in self._x_ticks(x0, x1):
             pt = to_px(xv, y0)
@@ -129,6 +135,7 @@ class PlotPanel(QWidget):
             p.drawLine(QPointF(pt.x(), plot.top()), QPointF(pt.x(), plot.bottom()))
             p.setPen(QPen(fg))
             p.drawText(QRectF(pt.x() - 15, plot.bottom() + 1, 30, 13), Qt.AlignmentFlag.AlignCenter, f"{xv:g}")
+            drawn["x_ticks"].append(f"{xv:g}")
         p.setPen(QPen(fg))
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRect(plot)
@@ -159,6 +166,7 @@ class PlotPanel(QWidget):
             for pt in pts:
                 p.drawEllipse(to_px(*pt), 2.5, 2.5)
         p.end()
+        self.drawn = drawn
 
 
 class TrainingPlot(QWidget):

@@ -10,11 +10,13 @@ Long tiled predictions show their progress and can be stopped.
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -31,8 +33,8 @@ from qtpy.QtWidgets import (
 
 from .. import layer_meta
 from ..workflows.predict_layers import PredictorCache
-from ._common import LayerCombo, PathEdit, combo, current_slice, device_choices, layer_kind, layer_record
-from ._job import JobWidget, StatusLabel
+from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_kind, layer_record
+from ._job import JobWidget, StatusLabel, breakable, no_widen
 
 MODEL_FILTER = "napari-mtunet model (*.safetensors *.zip rdf.yaml)"
 
@@ -47,8 +49,8 @@ class ClassReadout(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.title = QLabel("No prediction yet")
-        self.title.setWordWrap(True)
+        self.title = no_widen(QLabel("No prediction yet"))  # wraps; a long layer name never widens the dock
+        self.title.setTextFormat(Qt.TextFormat.RichText)
         self.bars_box = QVBoxLayout()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -71,9 +73,11 @@ class ClassReadout(QWidget):
             self.bars_box.addWidget(bar)
             self.bars[n] = bar
 
-    def show_result(self, layer_name: str, index: int | None, info: layer_meta.SliceInfo | None) -> None:
+    def show_result(self, layer_name: str, index: int | None, info: layer_meta.SliceInfo | None,
+                    threshold: float | None = None) -> None:
+        """Show ``info`` of ``layer_name`` (slice ``index``), each value with its source."""
         self.info = info
-        where = layer_name + (f" [slice {index}]" if index is not None else "")
+        where = html.escape(breakable(layer_name)) + (f" [slice {index}]" if index is not None else "")
         if info is None or not (info.predicted or info.truth or info.corrected):
             self.title.setText(f"{where}: no class for this image")
             for bar in self.bars.values():
@@ -82,11 +86,16 @@ class ClassReadout(QWidget):
         lines = [f"<i>{where}</i>"]
         if info.predicted:
             conf = info.confidence()
-            lines.append(f"Predicted: <b>{info.predicted}</b>" + (f" ({conf:.0%})" if conf is not None else ""))
+            lines.append(f"Predicted by the model: <b>{html.escape(info.predicted)}</b>"
+                         + (f" ({conf:.0%})" if conf is not None else ""))
+        if info.lesion_fraction is not None:
+            thr = f" {threshold:g}" if threshold is not None else ""
+            lines.append(f"Predicted mask: {info.lesion_fraction:.1%} of the image" if info.lesion_fraction > 0
+                         else f"Predicted mask: empty (no lesion above the threshold{thr})")
         if info.truth:
-            lines.append(f"Ground truth: <b>{info.truth}</b>")
+            lines.append(f"Ground truth (dataset): <b>{html.escape(info.truth)}</b>")
         if info.corrected:
-            lines.append(f"Your class: <b>{info.corrected}</b>")
+            lines.append(f"Your class: <b>{html.escape(info.corrected)}</b>")
         self.title.setText("<br>".join(lines))
         probs = info.probabilities or {}
         self._ensure_bars(list(probs))
@@ -121,7 +130,7 @@ class PredictWidget(JobWidget):
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
-        self.device = combo(device_choices(), "auto")
+        self.device = DeviceCombo()
         self.gradcam = QCheckBox("Grad-CAM heat map layer")
         self.predict_button = QPushButton("Predict")
         self.predict_all_button = QPushButton("Predict all image layers")
@@ -285,21 +294,18 @@ class PredictWidget(JobWidget):
             self._progress(ev)
 
     def predict_folder(self, *_: Any) -> Any:
-        from ..workflows import iter_predict_files
-
         try:
             params = self.params()
             if not self.folder_in.value or not self.folder_out.value:
                 raise ValueError("choose an input folder and an output folder")
-            predictor = self.cache.get(params["checkpoint"], params["device"], params["threshold"], params["mode"],
-                                       params["tile_size"])
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot predict folder")
             return None
-        self.status.setText("Predicting folder…")
-        return self.start_job(iter_predict_files, predictor, [self.folder_in.value], self.folder_out.value,
-                              mode=params["mode"], context="Folder prediction failed", cancellable=True,
-                              device=params["device"], on_event=self._progress, on_result=self._folder_done)
+        self.status.setText(f"Predicting the images in {self.folder_in.value} …")
+        return self.start_job(_predict_folder, self.cache, params, self.folder_in.value, self.folder_out.value,
+                              context=f"Prediction of the folder {Path(self.folder_in.value).name} failed",
+                              cancellable=True, device=params["device"], on_event=self._progress,
+                              on_result=self._folder_done)
 
     def _folder_done(self, outcome: Any) -> None:
         self.last_result = outcome
@@ -340,8 +346,9 @@ class PredictWidget(JobWidget):
         meta = layer_meta.as_metadata(res.record)
         model = (res.record.model or {}).get("display") or "mtunet"
         name = f"{res.name} [{model}]"
-        if res.mask is not None:
-            labels = self.viewer.add_labels(res.mask.astype(np.uint8), name=name, metadata=meta, opacity=0.5, **geo)
+        if res.mask is not None:  # uint8 already (made in the worker): no copy on this thread
+            labels = self.viewer.add_labels(np.asarray(res.mask, np.uint8), name=name, metadata=meta, opacity=0.5,
+                                            **geo)
         else:  # classification-only model: keep the classes on an empty layer
             shape = _spatial_shape(src) if src is not None else (1, 1)
             labels = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, metadata=meta, **geo)
@@ -349,7 +356,8 @@ class PredictWidget(JobWidget):
         if res.cam is not None:
             self.viewer.add_image(
                 res.cam, name=f"{res.name} [Grad-CAM {model}]", colormap="inferno", blending="additive", opacity=0.6,
-                contrast_limits=(0.0, 1.0), metadata=layer_meta.as_metadata(layer_meta.gradcam(res.name)), **geo,
+                contrast_limits=(0.0, 1.0), metadata=layer_meta.as_metadata(layer_meta.gradcam(res.name)),
+                interpolation2d="linear", **_cam_geometry(res.cam_scale, src),
             )
         self.viewer.layers.selection.active = labels
         self.status.setText(f"{res.name}: {res.summary()} ({res.seconds:.1f} s, model {model})")
@@ -374,7 +382,8 @@ class PredictWidget(JobWidget):
             return
         rec = layer_record(layer)
         idx = self.current_index(layer)
-        self.readout.show_result(layer.name, idx, rec.slice(idx) if rec is not None else None)
+        thr = (rec.model or {}).get("threshold") if rec is not None else None
+        self.readout.show_result(layer.name, idx, rec.slice(idx) if rec is not None else None, thr)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cache.clear()
@@ -395,6 +404,31 @@ def _predict_layers(cache: PredictorCache, params: dict[str, Any], jobs: list, g
                 yield {"result": res}
         except Exception as exc:  # noqa: BLE001 - report and go on with the next layer
             yield {"error": error_message(exc, f"layer {name!r}")}
+
+
+def _predict_folder(cache: PredictorCache, params: dict[str, Any], folder: str, out: str, cancel: Any = None):
+    """Load the model (in the worker: it needs torch) and predict every image of ``folder`` into ``out``."""
+    from ..workflows import iter_predict_files
+
+    predictor = cache.get(params["checkpoint"], params["device"], params["threshold"], params["mode"],
+                          params["tile_size"])
+    return (yield from iter_predict_files(predictor, [folder], out, mode=params["mode"], cancel=cancel))
+
+
+def _cam_geometry(cam_scale: tuple[float, float], src: Any) -> dict[str, tuple[float, ...]]:
+    """scale/translate that lay a Grad-CAM map computed at reduced resolution over its image layer.
+
+    A map with ``k`` image pixels per map pixel: map pixel ``j`` covers image pixels ``j*k ... j*k + k``, so its
+    centre is at image coordinate ``j*k + (k - 1) / 2``.
+    """
+    base_scale = np.asarray(src.scale, float) if src is not None else None
+    base_shift = np.asarray(src.translate, float) if src is not None else None
+    k = np.asarray(cam_scale, float)
+    if base_scale is None:
+        return {"scale": tuple(k), "translate": tuple((k - 1) / 2)}
+    lead = len(base_scale) - len(k)  # a stack: the slice axis keeps its geometry
+    k = np.concatenate([np.ones(lead), k])
+    return {"scale": tuple(base_scale * k), "translate": tuple(base_shift + base_scale * (k - 1) / 2)}
 
 
 def _spatial_shape(layer: Any) -> tuple[int, ...]:

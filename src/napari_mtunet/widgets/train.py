@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..forms import ENCODER_NOTES, ENCODERS, WEIGHTS, TrainForm, default_output_root
-from ._common import PathEdit, combo, device_choices
+from ._common import DeviceCombo, PathEdit, combo
 from ._job import JobWidget, load_settings, save_settings
 from .plot import TrainingPlot
 
@@ -96,8 +96,7 @@ class TrainWidget(JobWidget):
         self.patience = QSpinBox()
         self.patience.setRange(0, 1000)
         self.patience.setSpecialValueText("off")
-        self.device = combo(device_choices(), "auto")
-        self.device.setToolTip("Available here: " + ", ".join(device_choices()[1:]))
+        self.device = DeviceCombo()
         self.out_dir = PathEdit("dir", placeholder=default_output_root())
         self.out_dir.setToolTip("Each run gets a new folder inside this one; nothing is overwritten")
 
@@ -199,8 +198,7 @@ class TrainWidget(JobWidget):
         self.batch_size.setValue(int(form.batch_size))
         self.lr.setText(form.lr)
         self.patience.setValue(int(form.patience))
-        if form.device in [self.device.itemText(i) for i in range(self.device.count())]:
-            self.device.setCurrentText(form.device)
+        self.device.want(form.device)
         self.out_dir.value = form.out_root
         self._describe_encoder(form.encoder)
 
@@ -235,10 +233,7 @@ class TrainWidget(JobWidget):
             run = form.to_run()
             if form.task == "cls" and run.train.w_cls <= 0 or form.task == "seg" and run.train.w_seg <= 0:
                 raise ValueError("the loss weight of the head being trained must be > 0")
-            from ..device import resolve_device
-
-            resolve_device(run.train.device)  # a clear error now, not in the worker
-            out_dir = form.run_folder()
+            out_dir = form.run_folder()  # (the device is checked first thing in the worker: it needs torch)
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot start training")
             return None
@@ -252,10 +247,14 @@ class TrainWidget(JobWidget):
         self.batch_progress.setValue(0)
         self.timing.setText("")
         self._t0 = time.perf_counter()
+        self._t_first: float | None = None
         self._done_batches = 0
         self._total_batches = None
         return self.start_job(iter_train, run, out_dir, context="Training failed", cancellable=True,
                               device=run.train.device, on_event=self._on_event, on_result=self._on_result)
+
+    def on_closed(self) -> None:
+        save_settings(SETTINGS, self.form().to_dict())  # remembered for the next opening
 
     def set_busy(self, busy: bool) -> None:
         self.start_button.setText("Stop" if busy else "Start training")
@@ -296,11 +295,13 @@ class TrainWidget(JobWidget):
             self.last_error = ev.message
 
     def _show_timing(self, epoch: int, n_batches: int) -> None:
-        elapsed = time.perf_counter() - self._t0
-        text = f"elapsed {fmt_seconds(elapsed)}"
+        now = time.perf_counter()
+        if self._t_first is None:
+            self._t_first = now  # the rate is measured from the first batch (loading the data is not training)
+        text = f"elapsed {fmt_seconds(now - self._t0)}"
         if self._total_batches and self._done_batches >= 3:
             left = (self._total_batches - ((epoch - 1) * n_batches + self.batch_progress.value()))
-            eta = elapsed / self._done_batches * max(0, left)
+            eta = (now - self._t_first) / (self._done_batches - 1) * max(0, left)
             text += f", about {fmt_seconds(eta)} left"
         self.timing.setText(text)
 
@@ -320,7 +321,7 @@ class TrainWidget(JobWidget):
                 parts = [f"{k} {s[k]:.3f}" for k in ("dice", "balanced_accuracy") if s.get(k) is not None]
                 if parts:
                     msg += " Held-out test: " + ", ".join(parts) + "."
-            if self.parent() is not None:  # a closed dock does not hand its model to the other widgets
+            if self.docked:  # a closed dock does not hand its model to the other widgets
                 self.state.set_checkpoint(str(fit.best_checkpoint))
             self.inform(msg)
         else:

@@ -26,13 +26,20 @@ class PredictionCancelled(Exception):
     """Raised inside the Predictor's tile loop when the user asked to stop."""
 
 
+#: Grad-CAM maps are shown at most this many pixels on their long side (laid over the image with a scale):
+#: the map has the model's resolution, so a full-size copy of a 6000 x 6000 image adds nothing but a
+#: 144 MB layer that napari would upload on its GUI thread.
+CAM_MAX_SIDE = 1024
+
+
 @dataclass
 class LayerPrediction:
     name: str  # the image layer's name
-    mask: np.ndarray | None
+    mask: np.ndarray | None  # uint8, the image's size (a stack: one mask per slice)
     record: Any  # layer_meta.LayerMeta
     cam: np.ndarray | None
     seconds: float
+    cam_scale: tuple[float, float] = (1.0, 1.0)  # image pixels per Grad-CAM pixel (rows, columns)
 
     def summary(self) -> str:
         """What was predicted, in words (explains an empty mask beside a lesion class)."""
@@ -148,13 +155,18 @@ def iter_predict_array(
     finally:
         predictor.tile_progress = None
     cam = None
+    cam_scale = (1.0, 1.0)
     if gradcam:
         yield Status(f"Grad-CAM for {name!r} …")
-        cam = gradcam_maps(predictor, slices, preds, is_stack)
-    mask = None if any(p.mask is None for p in preds) else (np.stack([p.mask for p in preds]) if is_stack else preds[0].mask)
+        cam, cam_scale = gradcam_maps(predictor, slices, preds, is_stack)
+    if any(p.mask is None for p in preds):
+        mask = None
+    else:  # uint8 here, in the worker: the widget adds it to napari without another copy
+        mask = np.stack([np.asarray(p.mask, np.uint8) for p in preds]) if is_stack else np.asarray(preds[0].mask, np.uint8)
     record = layer_meta.prediction(preds, source=name, is_stack=is_stack, info=predictor.info,
                                    mode=params["mode"])
-    return LayerPrediction(name=name, mask=mask, record=record, cam=cam, seconds=time.perf_counter() - t0)
+    return LayerPrediction(name=name, mask=mask, record=record, cam=cam, seconds=time.perf_counter() - t0,
+                           cam_scale=cam_scale)
 
 
 def _while_running(fn: Any, events: queue.Queue) -> Iterator[TrainEvent]:
@@ -180,24 +192,40 @@ def _while_running(fn: Any, events: queue.Queue) -> Iterator[TrainEvent]:
     return box["result"]
 
 
-def gradcam_maps(predictor: Any, slices: list[np.ndarray], preds: list[Any], is_stack: bool) -> np.ndarray:
-    """Grad-CAM heat map(s) for the predicted class, aligned with the input (float32 in [0, 1])."""
-    maps = [_one_gradcam(predictor, sl, pred) for sl, pred in zip(slices, preds)]
-    return np.stack(maps) if is_stack else maps[0]
+def cam_size(h: int, w: int, max_side: int = CAM_MAX_SIDE) -> tuple[tuple[int, int], tuple[float, float]]:
+    """The size a Grad-CAM map of an ``h`` x ``w`` image is shown at, and image pixels per map pixel."""
+    f = max(1, int(np.ceil(max(h, w) / max_side)))
+    if f == 1:
+        return (h, w), (1.0, 1.0)
+    ch, cw = int(np.ceil(h / f)), int(np.ceil(w / f))
+    return (ch, cw), (h / ch, w / cw)
 
 
-def _one_gradcam(predictor: Any, image: np.ndarray, pred: Any) -> np.ndarray:
-    """Grad-CAM at the model's input size (the image resized as in training), resized back."""
+def gradcam_maps(predictor: Any, slices: list[np.ndarray], preds: list[Any],
+                 is_stack: bool) -> tuple[np.ndarray, tuple[float, float]]:
+    """Grad-CAM heat map(s) for the predicted class (float32 in [0, 1]) and image pixels per map pixel.
+
+    The maps cover the whole image; up to :data:`CAM_MAX_SIDE` pixels on the long side they have the image's
+    size, above it a reduced size (a whole number of image pixels per map pixel).
+    """
+    h, w = slices[0].shape[:2]
+    size, scale = cam_size(h, w)
+    maps = [_one_gradcam(predictor, sl, pred, size) for sl, pred in zip(slices, preds)]
+    return (np.stack(maps) if is_stack else maps[0]), scale
+
+
+def _one_gradcam(predictor: Any, image: np.ndarray, pred: Any, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Grad-CAM at the model's input size (the image resized as in training), resized to ``size`` (the image's)."""
     import torch
     import torch.nn.functional as F
 
     from .. import explain
     from ..preprocess import to_float_rgb
 
-    h, w = image.shape[:2]
+    h, w = size or image.shape[:2]
     s = predictor.image_size
     x = torch.from_numpy(to_float_rgb(image)).permute(2, 0, 1)[None]
     x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
     cam = explain.grad_cam(predictor.model, x.to(predictor.device), target_class=pred.class_index)
     up = F.interpolate(torch.from_numpy(cam)[:, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    return up.numpy().astype(np.float32)
+    return up.numpy().astype(np.float32, copy=False)
