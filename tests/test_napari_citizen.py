@@ -162,15 +162,13 @@ def test_no_folder_is_offered_to_our_plugin(kind, tmp_path, request):
 
 
 @pytest.mark.gui
-def test_real_busi_dataset_opens_from_the_file_menu(make_napari_viewer, qtbot, tmp_path, busi_root, monkeypatch):
+def test_real_busi_dataset_opens_from_the_file_menu(make_napari_viewer, qtbot, tmp_path, busi_root, errors):
     """File > IO Utilities > Dataset docks the Dataset widget, which opens a real BUSI folder as layers."""
     from qtpy.QtWidgets import QWidget
 
-    from napari_mtunet.widgets import DatasetWidget, _common, dataset
+    from napari_mtunet import layer_meta
+    from napari_mtunet.widgets import DatasetWidget
 
-    errors: list[str] = []
-    for mod in (_common, dataset):
-        monkeypatch.setattr(mod, "notify_error", errors.append)
     root = _busi_subset(busi_root, tmp_path)
     viewer = make_napari_viewer()
     _menu_action(viewer.window.file_menu, "IO Utilities", "Dataset (MTUNet classify and segment)").trigger()
@@ -189,8 +187,9 @@ def test_real_busi_dataset_opens_from_the_file_menu(make_napari_viewer, qtbot, t
     images = viewer.layers["Dataset_BUSI_with_GT images"]
     masks = viewer.layers["Dataset_BUSI_with_GT masks"]
     assert images.data.shape[:3] == (6, 256, 256) and masks.data.shape == (6, 256, 256)
-    assert sorted(masks.metadata["mtunet"]["classes"]) == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
-    assert masks.metadata["mtunet"]["layout"] == "busi"
+    rec = layer_meta.read(masks.metadata)
+    assert sorted(s.truth for s in rec.slices) == ["benign"] * 2 + ["malignant"] * 2 + ["normal"] * 2
+    assert rec.kind == "dataset" and rec.extra["layout"] == "busi"
 
 
 # --------------------------------------------------------------------------- writers

@@ -149,8 +149,8 @@ def test_predict_widget_bad_layers_and_bad_files(make_napari_viewer, qtbot, tiny
     w.predict_folder()
     wait_idle(qtbot, w)
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert sorted(r["filename"] for r in rows if r.get("class")) == ["ok0.png", "ok1.png"]
-    failures = " ".join(w.last_result["failures"])
+    assert sorted(Path(r["image"]).name for r in rows if r["status"] == "ok") == ["ok0.png", "ok1.png"]
+    failures = " ".join(w.last_result.failures)
     for name in bad_names:
         assert name in failures, failures
     assert len(errors) == n  # a partial success is not an error dialog
@@ -159,7 +159,7 @@ def test_predict_widget_bad_layers_and_bad_files(make_napari_viewer, qtbot, tiny
     w.image_layer.setCurrentText("fine")
     w.predict()
     wait_idle(qtbot, w)
-    assert len(errors) == n and "fine [mtunet]" in viewer.layers
+    assert len(errors) == n and f"fine [{tiny_checkpoint.parent.name}/tiny]" in viewer.layers
 
 
 def test_annotate_widget_refuses_bad_pixels_and_stays_usable(make_napari_viewer, qtbot, tmp_path, errors,
