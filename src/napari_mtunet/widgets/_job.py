@@ -125,8 +125,10 @@ class JobWidget(QWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # scrolls up/down only
         scroll.setWidget(self.body)
         self.scroll = scroll
+        self.body.installEventFilter(self)  # the dock is as wide as the controls need (texts wrap)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
@@ -141,6 +143,12 @@ class JobWidget(QWidget):
         self._warm_timer.setInterval(200)
         self._warm_timer.timeout.connect(self._check_warm)
         self._warm_timer.start()
+
+    def eventFilter(self, obj: Any, ev: QEvent) -> bool:  # noqa: N802 - Qt API
+        if obj is self.body and ev.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+            bar = self.scroll.verticalScrollBar().sizeHint().width()
+            self.scroll.setMinimumWidth(self.body.minimumSizeHint().width() + bar)
+        return False
 
     def _check_warm(self) -> None:
         if not warm_up_done():
