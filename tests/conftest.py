@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+# The tests build models in the same process as napari viewers (Xvfb, software OpenGL):
+# importing triton after a GL context exists crashes, so mask it as napari-mtunet's widgets do.
+from napari_mtunet._triton import guard_triton  # noqa: E402
+
+guard_triton()
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -323,7 +323,7 @@ def test_contributions_import_no_torch(tmp_path, real_checkpoint):
 def test_guard_triton_masks_triton_without_importing_torch():
     result = _run_python("""
         import json, sys
-        from napari_mtunet._reader import guard_triton
+        from napari_mtunet._triton import guard_triton
         guard_triton()
         before = {"torch": "torch" in sys.modules, "triton_masked": "triton" in sys.modules and sys.modules["triton"] is None}
         import torchvision  # torch treats the masked triton as absent
@@ -348,7 +348,7 @@ def no_torch_no_triton(monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux driver markers")
 def test_gpu_detection_without_torch(no_torch_no_triton, monkeypatch, tmp_path):
-    from napari_mtunet import _reader
+    from napari_mtunet import _triton as _reader  # the guard's own module
 
     marker = tmp_path / "proc_driver_nvidia_version"
     monkeypatch.setattr(_reader, "LINUX_GPU_MARKERS", (str(marker),))

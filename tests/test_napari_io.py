@@ -43,11 +43,14 @@ def test_sample_data_loads(make_napari_viewer):
     assert [type(lyr).__name__ for lyr in layers] == ["Image", "Labels"]
     image, labels = layers
     assert image.data.shape == labels.data.shape == (12, 256, 256)
-    meta = labels.metadata["mtunet"]
-    assert len(meta["classes"]) == 12 and set(meta["classes"]) <= {"benign", "malignant", "normal"}
-    assert meta["synthetic"] is True
+    from napari_mtunet import layer_meta
+
+    rec = layer_meta.read(labels.metadata)
+    assert rec.kind == "sample" and len(rec.slices) == 12
+    assert {s.truth for s in rec.slices} <= {"benign", "malignant", "normal"} and rec.extra["synthetic"] is True
     single = viewer.open_sample(PLUGIN, "phantom_single")
-    assert single[0].data.shape == (256, 256) and single[1].metadata["mtunet"]["class_name"]
+    one = layer_meta.read(single[1].metadata)
+    assert single[0].data.shape == (256, 256) and not one.is_stack and one.slices[0].truth
 
 
 def test_read_dataset_layer_data(make_napari_viewer, phantom_root, tmp_path):
@@ -60,10 +63,12 @@ def test_read_dataset_layer_data(make_napari_viewer, phantom_root, tmp_path):
         viewer.add_layer(Layer.create(data, kwargs, kind))
     image, labels = viewer.layers
     assert image.data.shape == (6, 256, 256) and labels.data.shape == (6, 256, 256)
-    meta = image.metadata["mtunet"]
+    from napari_mtunet import layer_meta
+
+    rec = layer_meta.read(image.metadata)
     rows = list(csv.DictReader(open(phantom_root / "labels.csv")))
-    assert meta["classes"] == [r["label"] for r in rows]
-    assert meta["layout"] == "generic" and meta["n_total"] == 6
+    assert [s.truth for s in rec.slices] == [r["label"] for r in rows]
+    assert rec.extra["layout"] == "generic" and rec.extra["n_total"] == 6
     assert labels.data.max() == 1 and labels.data[[i for i, r in enumerate(rows) if r["label"] == "normal"]].max() == 0
     empty = tmp_path / "empty_folder"
     empty.mkdir()
@@ -82,7 +87,7 @@ def test_writer_round_trip(make_napari_viewer, tmp_path):
     image = viewer.add_image(ph.images, name="scan")
     labels = viewer.add_labels(
         ph.masks.copy(), name="scan [annotation]",
-        metadata={"mtunet": {"classes": ph.labels, "source_layer": "scan", "is_stack": True}},
+        metadata={"mtunet": {"classes": ph.labels, "source_layer": "scan", "is_stack": True}},  # first format
     )
     out = tmp_path / "exported"
     written = write_dataset(str(out), [image.as_layer_data_tuple(), labels.as_layer_data_tuple()])
@@ -103,7 +108,9 @@ def test_writer_round_trip(make_napari_viewer, tmp_path):
         assert s.label == lab
     # and back as layer data
     layers = read_dataset(out)
-    assert sorted(layers[0][1]["metadata"]["mtunet"]["classes"]) == sorted(ph.labels * 2)
+    from napari_mtunet import layer_meta
+
+    assert sorted(s.truth for s in layer_meta.read(layers[0][1]["metadata"]).slices) == sorted(ph.labels * 2)
     # a file where the dataset folder should be: refused, naming it
     clash = tmp_path / "clash"
     clash.write_text("not a folder")

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ConfigError, ModelConfig, Preprocessing
+from .config import ModelConfig, Preprocessing
 
 if TYPE_CHECKING:  # torch is imported inside the functions that need tensors (see the module docstring)
     import torch

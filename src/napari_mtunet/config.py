@@ -35,8 +35,7 @@ TASKS: tuple[str, ...] = ("both", "seg", "cls")
 #: The encoders documented and tested by the project; any smp encoder name works.
 DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16", "timm-tf_efficientnet_lite0")
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from .encoders import IMAGENET_MEAN, IMAGENET_STD, pretrained_normalization  # noqa: F401 - torch-free table
 
 #: Upper bounds on what a configuration may describe (far above any real model);
 #: they keep an untrusted checkpoint from making us allocate absurd networks.
@@ -229,8 +228,6 @@ class Preprocessing(_Dict):
         """A copy whose unset mean/std are the encoder's pretraining statistics."""
         if self.resolved:
             return dataclasses.replace(self)
-        from .encoders import pretrained_normalization
-
         mean, std = pretrained_normalization(encoder_name)
         return dataclasses.replace(self, mean=tuple(mean), std=tuple(std))
 

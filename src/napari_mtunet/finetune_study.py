@@ -272,7 +272,7 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(asdict(settings), indent=1))
-    parts = _materialise(settings, out, log)
+    _materialise(settings, out, log)
     base = _base_model(settings, out, log)
     device = resolve_device(settings.device)
     base_model, info = load_checkpoint(base, device="cpu")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointInfo, info_for_model, load_checkpoint
+from .checkpoint import CheckpointInfo, info_for_model
 from .device import resolve_device
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..jsonutil import json_default
+from .errors import TrainingError
 
 BEST_NAME = "best.safetensors"
 LAST_NAME = "last.safetensors"
@@ -64,8 +65,6 @@ class ResumeState:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, info: Any) -> ResumeState:
-        from .engine import TrainingError
-
         raw = (info.metadata.get("extra") or {}).get("resume")
         if not raw:
             raise TrainingError(f"{path}: not a resumable checkpoint (resume from the run's {LAST_NAME})")

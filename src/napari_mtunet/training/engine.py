@@ -43,6 +43,7 @@ from ..config import MONITORS, DataConfig, ModelConfig, Preprocessing, RunConfig
 from ..data.dataset import dataset_labels, make_loader, set_loader_epoch
 from .checkpointing import BEST_NAME, LAST_NAME, CheckpointWriter, ResumeState, finite_or_none
 from .distributed import DistEnv, Distributed
+from .errors import TrainingError
 from ..events import BatchEnd, Callback, CancelToken, CheckpointSaved, EpochEnd, Failed, Finished, TrainEvent, dispatch
 from .losses import MultiTaskLoss, balanced_class_weights
 from .monitor import Monitor
@@ -53,10 +54,6 @@ __all__ = [
     "BEST_NAME", "LAST_NAME", "MONITORS", "FitResult", "Trainer", "TrainingError", "dataset_labels", "seed_everything",
     "train",
 ]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or continue; the message says why."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._reader import guard_triton
+from .._triton import guard_triton
 from .._writer import find_source_image  # lives with the writer (a core module must not import the widgets)
 
 guard_triton()  # before anything imports torchvision inside napari (see guard_triton)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -341,21 +341,40 @@ class DeviceCombo(QComboBox):
 
 #: Modules whose first import holds the GIL for up to a few hundred ms at a time
 #: (C-extension initialisation: torch, torchvision, scikit-learn, scikit-image, smp).
+#: The list is what Start / Predict / Add / Fine-tune import on first use (measured: after the warm-up,
+#: none of them imports a new module; tests/test_widgets_responsiveness.py checks it).
 WARM_MODULES = (
     "torch",
-    "napari_mtunet.model",
-    "napari_mtunet.checkpoint",
-    "napari_mtunet.data",
-    "napari_mtunet.data.dataset",
-    "napari_mtunet.training",
-    "napari_mtunet.workflows",
-    "napari_mtunet.inference",
-    "napari_mtunet.explain",
+    "torchvision.transforms.v2",
+    "safetensors.torch",
+    "segmentation_models_pytorch",  # imports timm and huggingface_hub (httpx, anyio ...) when a model is built
+    "timm",
+    "huggingface_hub",
+    "filelock",
+    "encodings.utf_8_sig",  # labels.csv
     "sklearn.model_selection",
     "sklearn.metrics",
     "skimage.io",
     "skimage.transform",
-    "torchvision.transforms.v2",
+    "napari_mtunet.model",
+    "napari_mtunet.encoders",
+    "napari_mtunet.checkpoint",
+    "napari_mtunet.paths",
+    "napari_mtunet.data",
+    "napari_mtunet.data.dataset",
+    "napari_mtunet.data.loading",
+    "napari_mtunet.data.splits",
+    "napari_mtunet.data.duplicates",
+    "napari_mtunet.data.writer",
+    "napari_mtunet.training",
+    "napari_mtunet.training.engine",
+    "napari_mtunet.workflows",
+    "napari_mtunet.workflows.train",
+    "napari_mtunet.workflows.finetune",
+    "napari_mtunet.workflows.predict_layers",
+    "napari_mtunet.inference",
+    "napari_mtunet.explain",
+    "napari_mtunet.export",
 )
 _WARM: dict[str, Any] = {"thread": None, "done": False, "devices": None}
 
@@ -378,7 +397,7 @@ def warm_up() -> Any:
     def run() -> None:
         import importlib
 
-        from .._reader import guard_triton
+        from .._triton import guard_triton
 
         guard_triton()  # before torchvision can import triton (software OpenGL segfaults otherwise)
         for name in WARM_MODULES:

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
@@ -96,8 +97,10 @@ class StatusLabel(QLabel):
         super().setText(breakable(text))
         self.setToolTip(str(text) if len(str(text)) > 60 else "")
 
-    def plain_text(self) -> str:
+    def text(self) -> str:  # noqa: D401 - Qt API: the text as set (without the wrap hints)
         return super().text().replace("\u200b", "")
+
+    plain_text = text
 
 
 class JobWidget(QWidget):
@@ -180,8 +183,6 @@ class JobWidget(QWidget):
         ``device``: limit torch's CPU threads while it runs (leave a core to napari).
         Returns the worker, or None when a job is already running.
         """
-        from napari.qt.threading import create_worker
-
         if self.busy:
             return None
         self.last_error = None

@@ -24,13 +24,13 @@ from ._job import JobWidget
 
 
 def load_job(root: str, layout: str, strict: bool) -> Any:
-    from .._reader import load_dataset_report
+    from ..previews import load_dataset_report
 
     return load_dataset_report(root, layout=layout, strict=strict)
 
 
 def preview_job(samples: list[Any], n: int, name: str, root: str, layout: str | None) -> list[tuple]:
-    from .._reader import dataset_layer_data
+    from ..previews import dataset_layer_data
 
     # an even spread over the dataset (and so over its classes), not just the first n files
     total = len(samples)

@@ -143,7 +143,7 @@ def iter_finetune(
     training data, when its folder is reachable).
     """
     import torch
-    from torch.utils.data import ConcatDataset, DataLoader, Subset, WeightedRandomSampler
+    from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
     from ..checkpoint import load_checkpoint
     from ..data.dataset import collate_batch, dataset_labels
