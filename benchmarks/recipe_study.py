@@ -51,6 +51,17 @@ VARIANTS: dict[str, dict] = {
                                         "encoder_lr_scale": 0.3, "warmup_epochs": 1}},
     "bs8_cos_dicebce_noval": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce",
                                         "warmup_epochs": 1}, "data": {"val_fraction": 0.0}},
+    # lighter augmentation: no vertical flip (ultrasound depth runs down the image), no shear
+    "r2": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce", "warmup_epochs": 1},
+           "augment": {"vflip": False, "shear_degrees": 0.0}},
+    "r2_noval": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce", "warmup_epochs": 1},
+                 "augment": {"vflip": False, "shear_degrees": 0.0}, "data": {"val_fraction": 0.0}},
+    "r2_lr3e4": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce", "warmup_epochs": 1,
+                           "lr": 3e-4}, "augment": {"vflip": False, "shear_degrees": 0.0}},
+    "r2_bs4": {"train": {"batch_size": 4, "lr_schedule": "cosine", "seg_loss": "dice_bce", "warmup_epochs": 1},
+               "augment": {"vflip": False, "shear_degrees": 0.0}},
+    "r2_nobnre": {"train": {"batch_size": 8, "lr_schedule": "cosine", "seg_loss": "dice_bce", "warmup_epochs": 1,
+                            "bn_recalibration_batches": 0}, "augment": {"vflip": False, "shear_degrees": 0.0}},
 }
 
 

@@ -17,6 +17,9 @@ from napari_mtunet._triton import guard_triton  # noqa: E402
 guard_triton()
 
 REPO = Path(__file__).resolve().parents[1]
+# Test helpers (data_fixtures, array_data) are importable here and in the child processes tests start.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def find_busi() -> Path | None:

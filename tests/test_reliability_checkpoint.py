@@ -220,7 +220,7 @@ def test_paths_in_metadata_are_never_used_for_writing(tmp_path, tiny_model):
     loading, predicting, fine-tuning and resuming write only inside the chosen output folder."""
     from napari_mtunet.inference import Predictor
     from napari_mtunet.training import Trainer
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
     from napari_mtunet.config import FinetuneConfig
     from napari_mtunet.events import drive
     from napari_mtunet.sample_data import write_phantom_dataset

@@ -261,7 +261,7 @@ def test_bad_metadata_names_file_field_and_fix(tmp_path, saved, case):
 def test_resume_from_a_checkpoint_without_optimizer_state_is_a_checkpoint_error(tmp_path, saved):
     from napari_mtunet.config import TrainConfig
     from napari_mtunet.training import Trainer
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
 
     forged = _forge(saved, tmp_path / "last.safetensors", _set(("extra", "resume"), _resume(optimizer=...)))
     with pytest.raises(CheckpointError, match=r"last\.safetensors.*lacks 'optimizer'"):

@@ -34,7 +34,7 @@ CHILD = textwrap.dedent(
     from napari_mtunet.checkpoint import read_metadata
     from napari_mtunet.config import ModelConfig, Preprocessing, TrainConfig
     from napari_mtunet.training import Trainer
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
 
     runs = []
     for _ in range(2):

@@ -43,7 +43,7 @@ def test_predictor_never_reports_a_class_or_mask_from_non_finite_outputs(nan_mod
 
 def test_evaluation_refuses_non_finite_outputs(nan_model):
     from napari_mtunet.training import evaluate_model
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
 
     with pytest.raises(NonFiniteOutputError, match="evaluation refused"):
         evaluate_model(nan_model, blobs_dataset(n=4, size=64, seed=0), device="cpu", n_boot=10)
@@ -59,7 +59,7 @@ def test_classification_metrics_refuse_nan_probabilities():
 
 def test_finite_models_still_predict_and_evaluate(tiny_model):
     from napari_mtunet.training import evaluate_model
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
 
     p = Predictor(tiny_model, device="cpu").predict(np.zeros((40, 50), np.uint8))
     assert p.class_name in tiny_model.config.class_names and np.isfinite(p.class_probabilities).all()

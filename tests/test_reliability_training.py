@@ -32,7 +32,7 @@ import torch
 from napari_mtunet.checkpoint import load_checkpoint, read_metadata
 from napari_mtunet.config import ModelConfig, Preprocessing, TrainConfig
 from napari_mtunet.training import BEST_NAME, LAST_NAME, Trainer
-from napari_mtunet.training.arrays import blobs_dataset
+from array_data import blobs_dataset
 
 
 def tiny_config() -> ModelConfig:
@@ -61,7 +61,7 @@ CHILD = textwrap.dedent(
     import safetensors.torch as st
     from napari_mtunet.config import ModelConfig, Preprocessing, TrainConfig
     from napari_mtunet.training import Trainer
-    from napari_mtunet.training.arrays import blobs_dataset
+    from array_data import blobs_dataset
 
     out, mode = sys.argv[1], sys.argv[2]
     real_save = st.save_file

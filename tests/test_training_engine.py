@@ -12,7 +12,7 @@ from napari_mtunet.training import (
     evaluate_model,
     parent_record,
 )
-from napari_mtunet.training.arrays import blobs_dataset
+from array_data import blobs_dataset
 
 PRE = Preprocessing(image_size=64)
 
