@@ -54,7 +54,7 @@ def no_traceback():
 
 
 def wait_idle(qtbot, w, timeout=180_000):
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 
 
 def click(qtbot, button):

@@ -42,13 +42,13 @@ def test_dataset_widget_load_preview_and_split(make_napari_viewer, qtbot, tmp_pa
     train = TrainWidget(viewer)
     w.root.value = str(root)
     w.load()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert errors == [], errors
     assert "samples: 9" in w.summary.toPlainText()
     assert w.problems.count() >= 1 and "broken.png" in " ".join(w.problems.item(i).text() for i in range(w.problems.count()))
     w.n_preview.setValue(6)
     w.preview()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert viewer.layers["ph images"].data.shape == (6, 256, 256)
     from napari_mtunet import layer_meta
 
@@ -66,7 +66,7 @@ def test_dataset_widget_load_preview_and_split(make_napari_viewer, qtbot, tmp_pa
     w.root.value = str(tmp_path)
     w.strict.setChecked(True)
     w.load()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert errors and "Cannot load" in errors[-1]
     assert w.load_button.isEnabled()
 
@@ -88,7 +88,7 @@ def test_gradcam_layer_is_additive_and_aligned(make_napari_viewer, qtbot, tmp_pa
     w.set_checkpoint(ckpt)
     w.gradcam.setChecked(True)
     w.predict()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     assert errors == [], errors
     from napari_mtunet import layer_meta
 

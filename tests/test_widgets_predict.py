@@ -56,7 +56,7 @@ def no_traceback():
 
 
 def wait_idle(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
 def click(qtbot, button):

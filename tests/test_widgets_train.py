@@ -84,7 +84,7 @@ def click(qtbot, button):
 
 
 def wait_idle(qtbot, w, timeout=180_000):
-    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 
 
 def test_train_widget_short_run_writes_checkpoint(make_napari_viewer, qtbot, phantom_root, tmp_path, errors,

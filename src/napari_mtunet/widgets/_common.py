@@ -6,12 +6,13 @@ This package is the only place in napari-mtunet that imports Qt or napari.
 from __future__ import annotations
 
 import os
+import string
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -102,7 +103,7 @@ def state_for(viewer: Any) -> SessionState:
             _STATES[key] = st
         except TypeError:
             pass
-        st.overlay = ClassOverlay(viewer)
+        st.overlay = ClassOverlay(viewer, timer_parent=st)
     return st
 
 
@@ -141,16 +142,84 @@ def text_overlay(viewer: Any) -> Any:
     return viewer.text_overlay
 
 
+#: The characters the class overlay shows (its glyphs are rendered ahead of use, see ClassOverlay.prewarm).
+OVERLAY_GLYPHS = string.ascii_letters + string.digits + " ·:%[]()/-_.,'+&#"
+
+
 class ClassOverlay:
     """Shows the class of the image on screen in napari's text overlay, saying where it comes from
-    (predicted / ground truth / your correction): for the active layer, else the top visible one with a class."""
+    (predicted / ground truth / your correction): for the active layer, else the top visible one with a class.
 
-    def __init__(self, viewer: Any) -> None:
+    vispy renders each character of a text overlay on the CPU the first time it is shown (5-10 ms a glyph
+    in software OpenGL, ~250 ms for the first text): shown at once, the first result froze the window for up
+    to 0.7 s.  :meth:`prewarm` renders the glyphs a few at a time, invisibly, right after the first widget
+    opens, while the overlay is unused.
+    """
+
+    CHUNK = 4
+    STEP_MS = 120
+
+    def __init__(self, viewer: Any, timer_parent: QObject | None = None) -> None:
         self.viewer = viewer
         viewer.dims.events.current_step.connect(self.update)
         viewer.layers.selection.events.active.connect(self.update)
         viewer.layers.events.inserted.connect(self.update)
         viewer.layers.events.removed.connect(self.update)
+        self._warm_pos: int | None = None
+        self._warm_saved: tuple[Any, ...] | None = None
+        self._warm_timer = QTimer(timer_parent)
+        self._warm_timer.setInterval(self.STEP_MS)
+        self._warm_timer.timeout.connect(self._prewarm_step)
+        self.prewarm()
+
+    # ------------------------------------------------------------------ glyphs ahead of use
+
+    def prewarm(self) -> None:
+        """Render :data:`OVERLAY_GLYPHS` in small chunks (only while nobody uses the text overlay)."""
+        if self._warm_pos is None:
+            self._warm_pos = 0
+            self._warm_timer.start()
+
+    @property
+    def prewarming(self) -> bool:
+        return self._warm_timer.isActive()
+
+    def _prewarm_step(self) -> None:
+        try:
+            overlay = text_overlay(self.viewer)
+            if self._warm_saved is None:
+                if overlay.visible or overlay.text:  # in use (by us or anyone): leave it alone
+                    self._warm_timer.stop()
+                    return
+                self._warm_saved = (overlay.color, overlay.opacity)
+                overlay.opacity = 0.0
+            pos = int(self._warm_pos or 0)
+            if pos >= len(OVERLAY_GLYPHS):
+                self._end_prewarm()
+                return
+            overlay.text = OVERLAY_GLYPHS[pos:pos + self.CHUNK]
+            overlay.visible = True
+            self._warm_pos = pos + self.CHUNK
+        except Exception:  # noqa: BLE001 - a closing viewer
+            self._warm_timer.stop()
+
+    def _end_prewarm(self) -> None:
+        """Stop pre-rendering and give the overlay back as it was."""
+        self._warm_timer.stop()
+        if self._warm_saved is None:
+            return
+        color, opacity = self._warm_saved
+        self._warm_saved = None
+        self._warm_pos = len(OVERLAY_GLYPHS)
+        try:
+            overlay = text_overlay(self.viewer)
+            overlay.visible = False
+            overlay.text = ""
+            overlay.color, overlay.opacity = color, opacity
+        except Exception:  # noqa: BLE001 - a closing viewer
+            pass
+
+    # ------------------------------------------------------------------ the class on screen
 
     def layer(self) -> Any:
         active = self.viewer.layers.selection.active
@@ -176,6 +245,7 @@ class ClassOverlay:
                 overlay.visible = False
                 overlay.text = ""
             return
+        self._end_prewarm()  # the overlay is needed now
         rec = layer_record(layer)
         idx = current_slice(self.viewer, layer)
         where = layer.name + (f" [{idx}]" if idx is not None else "")

@@ -121,6 +121,9 @@ class JobWidget(QWidget):
         self._job_result_cb: Callable | None = None
         self._job_event_cb: Callable | None = None
         self._failed = False
+        self._had_parent = False
+        #: set when the widget's dock is closed (napari removes the widget from it)
+        self.closed = False
 
         self.body = QWidget()
         self.body_layout = QVBoxLayout(self.body)
@@ -262,12 +265,17 @@ class JobWidget(QWidget):
     def event(self, ev: QEvent) -> bool:  # noqa: D401 - Qt API
         # napari's dock close button removes the widget from its dock with setParent(None)
         # (no closeEvent): a running job must stop then, not go on invisibly.
-        if ev.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.stop_job()
-            self.on_closed()
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._had_parent, self.closed = True, False
+            elif self._had_parent:
+                self.closed = True
+                self.stop_job()
+                self.on_closed()
         return super().event(ev)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self.closed = True
         self.stop_job()
         self.on_closed()
         super().closeEvent(event)
@@ -277,8 +285,8 @@ class JobWidget(QWidget):
 
     @property
     def docked(self) -> bool:
-        """Whether the widget is still in napari (a closed dock hands nothing to the other widgets)."""
-        return self.parent() is not None
+        """False once the dock was closed (a closed dock hands nothing to the other widgets)."""
+        return not self.closed
 
 
 def settings_path(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -116,6 +116,11 @@ class PredictWidget(JobWidget):
         self.cache = PredictorCache()
         self.last_result: Any = None
         self.last_labels: Any = None
+        self._show_steps: list[Any] = []
+        self._show_timer = QTimer(self)
+        self._show_timer.setSingleShot(True)
+        self._show_timer.setInterval(0)
+        self._show_timer.timeout.connect(self._next_show_step)
 
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model (.safetensors or bioimage.io .zip)")
         self.model_info = StatusLabel("")
@@ -336,33 +341,63 @@ class PredictWidget(JobWidget):
 
     # ------------------------------------------------------------------ results -> layers
 
+    @property
+    def busy(self) -> bool:
+        """A job runs, or its result is still being added to napari."""
+        return self.worker is not None or bool(self._show_steps)
+
     def _add_result(self, res: Any) -> None:
+        """Show a prediction: the layers are added one per event-loop turn (napari builds each layer's
+        controls and GL objects on its GUI thread; one at a time keeps each stall short)."""
         if res is None:
             self.status.setText("Prediction stopped; no layer was added")
             return
         self.last_result = res
         src = self.viewer.layers[res.name] if res.name in self.viewer.layers else None
         geo = {"scale": tuple(src.scale), "translate": tuple(src.translate)} if src is not None else {}
-        meta = layer_meta.as_metadata(res.record)
         model = (res.record.model or {}).get("display") or "mtunet"
-        name = f"{res.name} [{model}]"
-        if res.mask is not None:  # uint8 already (made in the worker): no copy on this thread
-            labels = self.viewer.add_labels(np.asarray(res.mask, np.uint8), name=name, metadata=meta, opacity=0.5,
-                                            **geo)
-        else:  # classification-only model: keep the classes on an empty layer
-            shape = _spatial_shape(src) if src is not None else (1, 1)
-            labels = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, metadata=meta, **geo)
-        self.last_labels = labels
-        if res.cam is not None:
+
+        def add_cam() -> None:
             self.viewer.add_image(
                 res.cam, name=f"{res.name} [Grad-CAM {model}]", colormap="inferno", blending="additive", opacity=0.6,
                 contrast_limits=(0.0, 1.0), metadata=layer_meta.as_metadata(layer_meta.gradcam(res.name)),
                 interpolation2d="linear", **_cam_geometry(res.cam_scale, src),
             )
-        self.viewer.layers.selection.active = labels
-        self.status.setText(f"{res.name}: {res.summary()} ({res.seconds:.1f} s, model {model})")
-        self.update_readout()
-        self.state.overlay.update()
+
+        def add_labels() -> None:
+            meta = layer_meta.as_metadata(res.record)
+            name = f"{res.name} [{model}]"
+            if res.mask is not None:  # uint8 already (made in the worker): no copy on this thread
+                data = np.asarray(res.mask, np.uint8)
+                self.last_labels = self.viewer.add_labels(data, name=name, metadata=meta, opacity=0.5, **geo)
+            else:  # classification-only model: keep the classes on an empty layer
+                shape = _spatial_shape(src) if src is not None else (1, 1)
+                self.last_labels = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, metadata=meta, **geo)
+
+        def finish() -> None:
+            labels = self.last_labels
+            if labels is not None and labels in self.viewer.layers and self.viewer.layers.selection.active is not labels:
+                self.viewer.layers.selection.active = labels
+            self.status.setText(f"{res.name}: {res.summary()} ({res.seconds:.1f} s, model {model})")
+            self.update_readout()
+            self.state.overlay.update()
+
+        # the Grad-CAM layer first: the Labels layer, added last, is then the active one
+        self._show_steps.extend(([add_cam] if res.cam is not None else []) + [add_labels, finish])
+        self._next_show_step()
+
+    def _next_show_step(self) -> None:
+        if not self._show_steps:
+            return
+        step = self._show_steps.pop(0)
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - e.g. a layer name napari refuses
+            self._show_steps.clear()
+            self.fail(exc, "Showing the prediction failed")
+            return
+        if self._show_steps:
+            self._show_timer.start()
 
     def _readout_layer(self) -> Any:
         active = self.viewer.layers.selection.active
