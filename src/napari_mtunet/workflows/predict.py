@@ -162,11 +162,14 @@ def iter_predict_files(
     threshold: float = 0.5,
     mode: str = "auto",
     device: str = "auto",
+    backend: str = "torch",
     cancel: CancelToken | None = None,
 ) -> Iterator[TrainEvent]:
     """Predict every input into ``out_dir`` (a generator of events; returns a :class:`PredictFilesOutcome`).
 
-    ``model``: a checkpoint path or a ready :class:`~napari_mtunet.inference.Predictor`.
+    ``model``: a checkpoint path (or bioimage.io package) or a ready
+    :class:`~napari_mtunet.inference.Predictor`; ``backend``: ``torch`` or
+    ``onnxruntime`` (CPU-only machines).
     """
     from .. import csvsafe
     from ..inference import Predictor
@@ -180,7 +183,8 @@ def iter_predict_files(
     if out.exists() and not out.is_dir():
         raise PredictFilesError(f"{display_name(out)}: exists and is not a folder")
     check_output_folder(out, files)
-    predictor = model if isinstance(model, Predictor) else Predictor(model, device=device, threshold=threshold, mode=mode)
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device=device, threshold=threshold,
+                                                                     mode=mode, backend=backend)
     run_mode = None if mode == "auto" else mode
     masks_dir = out / "masks"
     masks_dir.mkdir(parents=True, exist_ok=True)
