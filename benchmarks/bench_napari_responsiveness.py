@@ -202,7 +202,7 @@ def main() -> None:
 
     from napari_mtunet import layer_meta
     from napari_mtunet.widgets import AnnotateWidget, PredictWidget, TrainWidget, _job
-    from napari_mtunet.widgets._common import warm_up_done
+    from napari_mtunet.widgets._common import state_for, warm_up_done
 
     errors: list[str] = []
     _job.notify_error = errors.append  # record instead of popping notifications
@@ -254,7 +254,8 @@ def main() -> None:
             docked[name] = cls(viewer)
             viewer.window.add_dock_widget(docked[name], name=name)
 
-    phase("dock", dock, warm_up_done)
+    # ... and the class overlay's glyphs are rendered ahead of use (ClassOverlay.prewarm)
+    phase("dock", dock, lambda: warm_up_done() and not state_for(viewer).overlay.prewarming)
     tw, pw, aw = docked["train"], docked["predict"], docked["annotate"]
 
     # training

@@ -98,3 +98,46 @@ def test_gradcam_layer_is_additive_and_aligned(make_napari_viewer, qtbot, tmp_pa
     assert cam.data.shape == (90, 70) and cam.blending == "additive"
     assert 0.0 <= cam.data.min() and cam.data.max() <= 1.0
     assert tuple(cam.scale) == (0.5, 2.0) and tuple(labels.scale) == (0.5, 2.0)
+
+
+def test_dataset_previews_keep_the_aspect_ratio(make_napari_viewer, qtbot, tmp_path, errors):
+    """A 64 x 128 image is shown 128 x 256 inside the 256-px preview square, with black margins."""
+    from PIL import Image
+
+    from napari_mtunet.widgets import DatasetWidget
+
+    root = tmp_path / "wide"
+    for cls in ("benign", "malignant"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((64, 128), 200, np.uint8)).save(root / cls / f"{cls}_{i}.png")
+    viewer = make_napari_viewer()
+    w = DatasetWidget(viewer)
+    w.root.value = str(root)
+    w.load()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    w.n_preview.setValue(4)
+    w.preview()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert errors == [], errors
+    images = viewer.layers["wide images"].data
+    assert images.shape[1:3] == (256, 256)
+    rows = np.flatnonzero(images[0].reshape(256, -1).max(axis=1))
+    cols = np.flatnonzero(images[0].reshape(256, 256, -1).max(axis=(0, 2)))
+    assert (rows.min(), rows.max()) == (64, 191) and (cols.min(), cols.max()) == (0, 255)
+    assert "aspect ratio kept" in w.status.plain_text()
+
+
+def test_sample_data_shows_its_classes_without_a_widget(make_napari_viewer):
+    """File > Open Sample: the ground-truth class of the slice on screen is in the canvas overlay."""
+    from napari_mtunet import layer_meta
+    from napari_mtunet.widgets._common import text_overlay
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-mtunet", "phantom")
+    rec = layer_meta.read(viewer.layers["phantom lesions"].metadata)
+    assert rec.kind == "sample" and len(rec.slices) == 12
+    for i in (0, 5):
+        viewer.dims.set_current_step(0, i)
+        text = text_overlay(viewer).text
+        assert text_overlay(viewer).visible and f"[{i}]: ground truth {rec.slices[i].truth}" in text, text
