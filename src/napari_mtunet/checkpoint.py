@@ -109,6 +109,11 @@ class CheckpointInfo:
         return dict(self.metadata.get("metrics") or {})
 
     @property
+    def postprocessing(self):
+        """How outputs become masks (:class:`~napari_mtunet.config.Postprocessing`; the default for older files)."""
+        return self.run.postprocessing
+
+    @property
     def run(self):
         """The run configuration (:class:`~napari_mtunet.config.RunConfig`); migrated for format-1 files."""
         from .config import RunConfig

@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: a new ./mtunet-demo folder)")
     p.add_argument("--n", type=int, default=96, help="number of phantom images")
     p.add_argument("--size", type=int, default=64, help="image size")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

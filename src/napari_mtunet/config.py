@@ -505,6 +505,25 @@ class FinetuneConfig(_Dict):
         return int(min(self.max_steps, max(self.min_steps, round(self.steps_per_sample * max(1, n_new)))))
 
 
+@dataclass
+class Postprocessing(_Dict):
+    """How a trained model's outputs become the reported mask: chosen on the validation split at the end
+    of training (:func:`napari_mtunet.workflows.calibrate.calibrate_postprocessing`), saved in the checkpoint,
+    applied by the Predictor and by evaluation alike."""
+
+    _where = "postprocessing"
+
+    #: Lesions (connected components) smaller than this fraction of the image are removed
+    #: (whole-image modes; not in tiled prediction of large images).
+    min_lesion_fraction: float = 0.0
+    #: Average the outputs of the image and its left-right mirror (test-time augmentation).
+    hflip_tta: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= _finite("min_lesion_fraction", self.min_lesion_fraction) <= 0.5:
+            raise ConfigError(f"min_lesion_fraction must be in [0, 0.5], got {self.min_lesion_fraction}")
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -521,12 +540,14 @@ class RunConfig(_Dict):
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
 
     def __post_init__(self) -> None:
         self.model = ModelConfig.from_dict(self.model)
         self.preprocessing = Preprocessing.from_dict(self.preprocessing)
         self.data = DataConfig.from_dict(self.data)
         self.train = TrainConfig.from_dict(self.train)
+        self.postprocessing = Postprocessing.from_dict(self.postprocessing)
         self.validate()
 
     def validate(self) -> None:
@@ -571,6 +592,7 @@ class RunConfig(_Dict):
             preprocessing=self.preprocessing.for_encoder(self.model.encoder_name),
             data=DataConfig.from_dict(self.data.to_dict()),
             train=dataclasses.replace(self.train, w_seg=ws, w_cls=wc),
+            postprocessing=dataclasses.replace(self.postprocessing),
         )
 
     def with_classes(self, class_names: list[str]) -> RunConfig:

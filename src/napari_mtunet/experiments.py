@@ -219,8 +219,11 @@ def _run_one(
         callbacks=[_EpochLogger(spec.key, log)],
     )
     fit = trainer.fit()
+    from .workflows.calibrate import calibrate_checkpoint
+
+    cal, postprocessing = calibrate_checkpoint(fit.best_checkpoint, val_ds, trainer.device)  # validation only
     model, _ = load_checkpoint(fit.best_checkpoint)
-    preds = predict_dataset(model, test_ds, device=trainer.device)
+    preds = predict_dataset(model, test_ds, device=trainer.device, postprocessing=postprocessing)
     report = report_from_predictions(preds, loaded.class_names, split=f"fold {spec.fold} test", n_boot=200)
     arrays: dict[str, np.ndarray] = {"sample_index": np.asarray(test_idx), "labels": preds.labels}
     if preds.probabilities is not None:
@@ -244,6 +247,7 @@ def _run_one(
         "n_train": len(train_ds),
         "n_val": len(val_ds) if val_ds is not None else 0,
         "n_test": len(test_ds),
+        "postprocessing": postprocessing.to_dict(),
         "epochs_run": fit.epochs_run,
         "best_epoch": fit.best_epoch,
         "stop_reason": fit.reason,

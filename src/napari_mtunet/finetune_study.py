@@ -218,13 +218,13 @@ def _base_model(settings: FinetuneStudySettings, out: Path, log: Callable[[str],
     return Path(outcome.best_checkpoint)
 
 
-def _scores(model: Any, loaded: Any, indices: list[int], preprocessing: Any, device: Any) -> dict[str, np.ndarray]:
-    """Per-image Dice and (label, predicted class) for ``indices`` of ``loaded``."""
+def _scores(model: Any, loaded: Any, indices: list[int], info: Any, device: Any) -> dict[str, np.ndarray]:
+    """Per-image Dice and (label, predicted class) for ``indices`` of ``loaded`` (the model's post-processing)."""
     from .training import predict_dataset
     from .training.metrics import dice_iou_per_image
 
-    ds = loaded.dataset(indices, preprocessing)
-    preds = predict_dataset(model, ds, device=device)
+    ds = loaded.dataset(indices, info.preprocessing)
+    preds = predict_dataset(model, ds, device=device, postprocessing=info.postprocessing)
     out = {"labels": preds.labels}
     if preds.pred_masks is not None:
         out["dice"] = dice_iou_per_image(preds.pred_masks, preds.true_masks)[0]
@@ -276,14 +276,13 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
     base = _base_model(settings, out, log)
     device = resolve_device(settings.device)
     base_model, info = load_checkpoint(base, device="cpu")
-    pre = info.preprocessing
     names = info.class_names
     a = load(DataConfig(root=str(out / "data" / "A"), layout="generic"), class_names=names)
     a_test: list[int] = []
     split_file = base.parent / "splits.json"
     if split_file.is_file():
         a_test = list(split_indices(a, load_splits(split_file)[0])["test"])
-    base_a = _summ(_scores(base_model, a, a_test, pre, device)) if a_test else {}
+    base_a = _summ(_scores(base_model, a, a_test, info, device)) if a_test else {}
     results_file = out / "results.jsonl"
     done = set()
     if results_file.is_file():
@@ -293,7 +292,7 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
         b = load(DataConfig(root=str(out / "data" / f"B_{shift}"), layout="generic"), class_names=names)
         stems = [Path(s.image).stem for s in b.samples]
         b_labels = [s.label for s in b.samples]
-        base_b = _scores(base_model, b, list(range(len(b.samples))), pre, device)
+        base_b = _scores(base_model, b, list(range(len(b.samples))), info, device)
         for k in settings.ks:
             for r in range(settings.repeats):
                 if (shift, k, r) in done:
@@ -308,12 +307,12 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
                 outcome = drive(iter_finetune(base, corr / "corrections", corr / "model", config=cfg))
                 seconds = time.perf_counter() - t0
                 child, _ = load_checkpoint(outcome.child, device="cpu")
-                child_b = _scores(child, b, list(np.flatnonzero(rest)), pre, device)
+                child_b = _scores(child, b, list(np.flatnonzero(rest)), info, device)
                 row = {
                     "shift": shift, "k": k, "repeat": r, "seconds": seconds, "steps": outcome.steps,
                     "n_rest": int(rest.sum()),
                     "base_B": _summ(base_b, rest), "child_B": _summ(child_b),
-                    "base_A": base_a, "child_A": _summ(_scores(child, a, a_test, pre, device)) if a_test else {},
+                    "base_A": base_a, "child_A": _summ(_scores(child, a, a_test, info, device)) if a_test else {},
                 }
                 with open(results_file, "a") as fh:
                     fh.write(json.dumps(row) + "\n")

@@ -34,7 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointInfo, info_for_model
+from .config import Postprocessing
 from .device import resolve_device
+from .postprocess import forward as forward_with_tta
+from .postprocess import remove_small_lesions
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
 
 MODES = ("auto", "resize", "native", "tiled")
@@ -196,6 +199,8 @@ class Predictor:
         self.has_cls = cfg.task != "seg"  # the model has a classification head
         self.seg_classes = int(cfg.seg_classes)
         self.class_names = list(cfg.class_names)
+        #: Post-processing chosen on the validation split when the model was trained (default: none).
+        self.postprocessing = info.postprocessing if hasattr(info, "postprocessing") else Postprocessing()
         #: Called as ``tile_progress(rows_done, rows_total)`` after each row of tiles of a tiled
         #: prediction; it may raise (e.g. on a cancel request) to stop the prediction.
         self.tile_progress: Any = None
@@ -226,7 +231,10 @@ class Predictor:
             n, c, h, w = batch.shape
             if batch.stride() != (c * h * w, 1, w * c, c):
                 batch = batch.clone(memory_format=torch.channels_last)
-        out = self.model(batch) if self._ort is None else self._ort(batch)
+        if self._ort is None:
+            out = forward_with_tta(self.model, batch, hflip_tta=self.postprocessing.hflip_tta)
+        else:
+            out = forward_with_tta(self._ort, batch, hflip_tta=self.postprocessing.hflip_tta)
         for name, t in (("segmentation", out.seg), ("class", out.cls)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise NonFiniteOutputError(
@@ -247,7 +255,10 @@ class Predictor:
         fg = None
         if prob is not None:
             if prob.ndim == 2:
-                mask = (prob >= self.threshold).astype(np.uint8)
+                mask = prob >= self.threshold
+                if mode != "tiled" and self.postprocessing.min_lesion_fraction > 0:
+                    mask = remove_small_lesions(mask, self.postprocessing.min_lesion_fraction)
+                mask = mask.astype(np.uint8)
                 fg = prob.astype(np.float32, copy=False)
             else:  # multi-class segmentation: (K, H, W)
                 mask = prob.argmax(axis=0).astype(np.uint8)

@@ -33,16 +33,23 @@ def predict_dataset(
     device: str | torch.device = "cpu",
     threshold: float = 0.5,
     batch_size: int = 16,
+    postprocessing=None,
 ) -> DatasetPredictions:
+    """Model outputs for every item, in order; ``postprocessing`` (a
+    :class:`~napari_mtunet.config.Postprocessing`) applies test-time augmentation and small-lesion
+    removal exactly as the Predictor does."""
     from ..device import resolve_device
+    from ..postprocess import forward, remove_small_lesions
 
+    tta = bool(getattr(postprocessing, "hflip_tta", False))
+    min_fraction = float(getattr(postprocessing, "min_lesion_fraction", 0.0) or 0.0)
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     model = model.to(dev).eval()
     idx, labels, has_label, has_mask, probs, pmask, tmask = [], [], [], [], [], [], []
     for batch in loader:
         x = batch["image"].to(dev)
-        out = model(x)
+        out = forward(model, x, hflip_tta=tta)
         n = len(x)
         _refuse_non_finite(out, batch, n)
         idx.append(np.asarray(batch.get("index", torch.arange(n))).reshape(-1))
@@ -52,7 +59,7 @@ def predict_dataset(
         if out.cls is not None:
             probs.append(out.class_probabilities().cpu().numpy())
         if out.seg is not None:
-            pmask.append(out.masks(threshold).cpu().numpy())
+            pmask.append(remove_small_lesions(out.masks(threshold).cpu().numpy(), min_fraction))
             tmask.append(batch["mask"][:, 0].numpy() > 0.5)
     cat = lambda xs: np.concatenate(xs) if xs else None  # noqa: E731
     return DatasetPredictions(
@@ -119,9 +126,17 @@ def evaluate_model(
     threshold: float = 0.5,
     n_boot: int = N_BOOTSTRAP,
     batch_size: int = 16,
+    postprocessing=None,
 ) -> EvaluationReport:
     """Predict ``data`` and compute the full report (metrics with 95% bootstrap CIs)."""
-    preds = predict_dataset(model, data, device=device, threshold=threshold, batch_size=batch_size)
-    return report_from_predictions(
+    preds = predict_dataset(model, data, device=device, threshold=threshold, batch_size=batch_size,
+                            postprocessing=postprocessing)
+    report = report_from_predictions(
         preds, list(model.config.class_names), split=split, threshold=threshold, n_boot=n_boot
     )
+    if postprocessing is not None and (postprocessing.min_lesion_fraction > 0 or postprocessing.hflip_tta):
+        report.notes.append(
+            f"post-processing: lesions smaller than {postprocessing.min_lesion_fraction:.2%} of the image removed"
+            + (", left-right test-time augmentation" if postprocessing.hflip_tta else "")
+        )
+    return report

@@ -74,5 +74,6 @@ def evaluate(
         if len(idx) == 0:
             raise EvaluationError(f"{checkpoint}: its run has no {split} images (fraction 0); use another split")
     ds = loaded.dataset(idx, info.preprocessing)
-    report = evaluate_model(model, ds, split=split, device=device, threshold=threshold, n_boot=n_boot)
+    report = evaluate_model(model, ds, split=split, device=device, threshold=threshold, n_boot=n_boot,
+                            postprocessing=info.postprocessing)
     return EvaluationOutcome(report=report, model_description=info.describe(), split=split, n_images=len(ds))

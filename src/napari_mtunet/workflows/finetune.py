@@ -68,13 +68,13 @@ class FinetuneOutcome:
         return "; ".join(parts)
 
 
-def scores(model: Any, dataset: Any, device: Any) -> dict[str, float]:
+def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) -> dict[str, float]:
     """Per-image Dice (mean) and class accuracy of ``model`` on ``dataset`` (items with masks / labels)."""
     from ..training import predict_dataset
     from ..training.metrics import dice_iou_per_image
     from ..training.validation import balanced_accuracy
 
-    preds = predict_dataset(model, dataset, device=device)
+    preds = predict_dataset(model, dataset, device=device, postprocessing=postprocessing)
     out: dict[str, float] = {"n": float(len(preds.labels))}
     if preds.pred_masks is not None and preds.has_mask.any():
         sel = preds.has_mask
@@ -207,7 +207,8 @@ def iter_finetune(
                             collate_fn=collate_batch)
         checks = {"train": new_train_plain, "check": new_check, "base": base_check}
         yield Status(f"Scoring {info.name} before fine-tuning …")
-        before = {k: scores(model, ds, device) for k, ds in checks.items() if ds is not None and len(ds)}
+        pp = info.postprocessing  # the child inherits its parent's post-processing
+        before = {k: scores(model, ds, device, pp) for k, ds in checks.items() if ds is not None and len(ds)}
         train_cfg = run.train.replace(
             epochs=1, batch_size=int(cfg.batch_size), lr=float(cfg.lr), encoder_lr_scale=float(cfg.encoder_lr_scale),
             lr_schedule="cosine", warmup_epochs=0.0, early_stopping_patience=None, monitor="train_loss",
@@ -215,7 +216,8 @@ def iter_finetune(
             seed=int(cfg.seed), device=cfg.device,
         )
         ft_run = RunConfig(model=run.model, preprocessing=run.preprocessing,
-                           data=run.data.replace(root=str(Path(dataset).resolve()), layout=layout), train=train_cfg)
+                           data=run.data.replace(root=str(Path(dataset).resolve()), layout=layout), train=train_cfg,
+                           postprocessing=run.postprocessing)
         yield Status(f"Fine-tuning on {len(train_idx)} new sample(s)"
                      + (f" + replay of {n_pool} base sample(s)" if n_pool else "")
                      + f", {steps} steps" + (f"; {len(check_idx)} held back to check" if check_idx else ""))
@@ -237,7 +239,7 @@ def iter_finetune(
                 child, _ = load_checkpoint(fit.best_checkpoint, device="cpu")
                 for k, ds in checks.items():
                     if k in before:
-                        metrics[k] = {"before": before[k], "after": scores(child, ds, device)}
+                        metrics[k] = {"before": before[k], "after": scores(child, ds, device, pp)}
         finally:
             empty_cache(device)
         outcome = FinetuneOutcome(parent=checkpoint, child=fit.best_checkpoint, fit=fit, n_new=n_new,

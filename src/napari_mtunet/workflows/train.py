@@ -219,14 +219,24 @@ def iter_train(
             yield from trainer.iter_fit()
             fit = trainer.result
             report = None
-            if is_main and evaluate_test and data.test is not None and fit.best_checkpoint is not None \
-                    and fit.reason != "cancelled":
+            finished = fit.best_checkpoint is not None and fit.reason != "cancelled"
+            postprocessing = run.postprocessing
+            if is_main and finished and data.val is not None:
+                from .calibrate import calibrate_checkpoint
+
+                yield Status(f"Choosing the post-processing on the {len(data.val)} validation images …")
+                cal, postprocessing = calibrate_checkpoint(fit.best_checkpoint, data.val, device)
+                if cal is not None:
+                    run = run.replace(postprocessing=postprocessing)
+                    yield Status(cal.describe())
+            if is_main and evaluate_test and data.test is not None and finished:
                 from ..checkpoint import load_checkpoint
                 from ..training import evaluate_model
 
                 yield Status(f"Evaluating the best checkpoint on the {len(data.test)} held-out test images …")
                 model, _ = load_checkpoint(fit.best_checkpoint, device=device)
-                report = evaluate_model(model, data.test, split="test", device=device, n_boot=n_boot)
+                report = evaluate_model(model, data.test, split="test", device=device, n_boot=n_boot,
+                                        postprocessing=postprocessing)
                 write_atomic(out / TEST_REPORT_NAME, json.dumps(report.to_dict(), indent=1))
                 yield Status(report.format())
         finally:

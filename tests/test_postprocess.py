@@ -1,0 +1,118 @@
+"""Post-processing: small-lesion removal and test-time augmentation, the same in the Predictor and evaluation;
+chosen on the validation split at the end of training and stored in the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mtunet.config import ModelConfig, Postprocessing, Preprocessing
+from napari_mtunet.model import ModelOutput
+from napari_mtunet.postprocess import forward, remove_small_lesions
+
+
+class _Echo(torch.nn.Module):
+    """Segmentation probability = the red channel; constant class logits (test only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = ModelConfig(encoder_weights=None, num_classes=2)
+        self.preprocessing = Preprocessing(image_size=64, resize=False)
+        self.output_stride = 32
+        self.decoder = torch.nn.Identity()
+        self.classification_head = torch.nn.Identity()
+        self.bias = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, x):
+        p = x[:, :1].float().clamp(1e-6, 1 - 1e-6)
+        return ModelOutput(seg=torch.log(p) - torch.log1p(-p), cls=self.bias.expand(x.shape[0], 2))
+
+
+def _blobs(size=100):
+    img = np.zeros((size, size), np.uint8)
+    img[10:40, 10:40] = 255  # 900 px = 9% of the image
+    img[70:73, 70:73] = 255  # 9 px = 0.09%
+    return img
+
+
+def test_remove_small_lesions_keeps_big_ones_only():
+    m = _blobs() > 0
+    out = remove_small_lesions(m, 0.005)
+    assert out[20, 20] and not out[71, 71] and out.sum() == 900
+    assert remove_small_lesions(m, 0.0).sum() == m.sum()
+    stack = remove_small_lesions(np.stack([m, ~m]), 0.005)
+    assert stack.shape == (2, 100, 100) and not stack[0, 71, 71]
+
+
+def test_predictor_applies_the_checkpoint_postprocessing_in_whole_image_modes_only():
+    from napari_mtunet.inference import Predictor
+
+    p = Predictor(_Echo().eval(), device="cpu", tile_size=64)
+    img = _blobs(128)
+    assert p.predict(img, mode="native").mask[71, 71] == 1  # default: nothing removed
+    p.postprocessing = Postprocessing(min_lesion_fraction=0.005)
+    native = p.predict(img, mode="native").mask
+    assert native[20, 20] == 1 and native[71, 71] == 0
+    tiled = p.predict(img, mode="tiled").mask  # a big image's tiles: sizes relative to the image mean nothing
+    assert tiled[71, 71] == 1
+
+
+def test_tta_flips_back_correctly():
+    net = _Echo().eval()
+    x = torch.rand(2, 3, 64, 96)
+    a, b = forward(net, x), forward(net, x, hflip_tta=True)
+    torch.testing.assert_close(a.seg, b.seg)  # a flip-equivariant network: TTA changes nothing
+    torch.testing.assert_close(a.cls, b.cls)
+
+
+def test_evaluation_uses_the_same_postprocessing():
+    from torch.utils.data import Dataset
+
+    from napari_mtunet.training import predict_dataset
+
+    img = _blobs(128)
+
+    class One(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            x = torch.from_numpy(np.repeat(img[None], 3, 0)).float() / 255
+            return {"image": x, "mask": torch.from_numpy(img[None] > 0).float(), "label": torch.tensor(0),
+                    "has_mask": True, "has_label": True, "index": 0}
+
+    raw = predict_dataset(_Echo().eval(), One())
+    cleaned = predict_dataset(_Echo().eval(), One(), postprocessing=Postprocessing(min_lesion_fraction=0.005))
+    assert raw.pred_masks[0, 71, 71] and not cleaned.pred_masks[0, 71, 71]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.6, float("nan")])
+def test_postprocessing_config_is_validated(bad):
+    from napari_mtunet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="min_lesion_fraction"):
+        Postprocessing(min_lesion_fraction=bad)
+
+
+def test_training_chooses_postprocessing_on_validation_and_stores_it(tmp_path):
+    from napari_mtunet.checkpoint import load_checkpoint
+    from napari_mtunet.config import AugmentConfig, DataConfig, RunConfig, TrainConfig
+    from napari_mtunet.events import History, drive
+    from napari_mtunet.sample_data import write_phantom_dataset
+    from napari_mtunet.workflows import iter_train
+    from napari_mtunet.workflows.calibrate import MIN_LESION_FRACTIONS
+
+    root = write_phantom_dataset(tmp_path / "ph", n=24, size=64, seed=2)
+    run = RunConfig(
+        model=ModelConfig(encoder_weights=None, encoder_depth=3, decoder_channels=(16, 16, 16)),
+        preprocessing=Preprocessing(image_size=64),
+        data=DataConfig(root=str(root), val_fraction=0.25, test_fraction=0.2, augment=AugmentConfig(enabled=False)),
+        train=TrainConfig(epochs=1, batch_size=4, device="cpu", amp=False, bn_recalibration_batches=0),
+    )
+    hist = History()
+    outcome = drive(iter_train(run, tmp_path / "run", n_boot=10), [hist])
+    assert any("post-processing chosen on" in e.text for e in hist.of("status"))
+    _, info = load_checkpoint(outcome.best_checkpoint)  # the re-saved checkpoint is intact (hashes verified)
+    assert info.postprocessing.min_lesion_fraction in MIN_LESION_FRACTIONS
+    assert outcome.run.postprocessing == info.postprocessing
