@@ -94,6 +94,18 @@ def run_variant(data, fold: dict, *, encoder: str, weights: str | None, task: st
         model.eval()
         res = score(lambda xb: tuple(model(xb.float() / 255)), x, m, y)
         out.update({f"{which}_{k}": v for k, v in res.items()})
+    if val_ds is not None:  # the recipe's post-processing, chosen on the fold's validation part only
+        from napari_mtunet.training import predict_dataset
+        from napari_mtunet.training.metrics import dice_iou_per_image
+        from napari_mtunet.training.validation import balanced_accuracy
+        from napari_mtunet.workflows.calibrate import calibrate_checkpoint
+
+        cal, pp = calibrate_checkpoint(fit.best_checkpoint, val_ds, "cpu")
+        model, _ = load_checkpoint(fit.best_checkpoint)
+        preds = predict_dataset(model, loaded.dataset(te, pre), postprocessing=pp)
+        out["pp"] = pp.to_dict()
+        out["pp_dice"] = float(dice_iou_per_image(preds.pred_masks, preds.true_masks)[0].mean())
+        out["pp_balanced_accuracy"] = balanced_accuracy(preds.labels, preds.probabilities.argmax(1))
     return out
 
 
@@ -154,13 +166,15 @@ def summarize(log: Path) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["variant"], r["encoder"], r["weights"], r["task"], r["epochs"], r["size"]), []).append(r)
-    print(f"{'variant':<18} {'encoder':<28} {'w':<8} {'task':<5} {'n':>2}  best Dice/bacc   last Dice/bacc   s/run")
+    print(f"{'variant':<22} {'encoder':<28} {'w':<8} {'task':<5} {'n':>2}  best Dice/bacc   last Dice/bacc   "
+          "post-processed   s/run")
     for key, rs in groups.items():
         def m(k):
             v = [r[k] for r in rs if r.get(k) is not None]
             return f"{np.mean(v):.3f}" if v else "  -  "
-        print(f"{key[0]:<18} {key[1]:<28} {str(key[2]):<8} {key[3]:<5} {len(rs):>2}  {m('best_dice')}/{m('best_balanced_accuracy')}"
-              f"      {m('last_dice')}/{m('last_balanced_accuracy')}    {np.mean([r['train_seconds'] for r in rs]):.0f}")
+        print(f"{key[0]:<22} {key[1]:<28} {str(key[2]):<8} {key[3]:<5} {len(rs):>2}  {m('best_dice')}/{m('best_balanced_accuracy')}"
+              f"      {m('last_dice')}/{m('last_balanced_accuracy')}     {m('pp_dice')}/{m('pp_balanced_accuracy')}"
+              f"    {np.mean([r['train_seconds'] for r in rs]):.0f}")
 
 
 if __name__ == "__main__":
