@@ -1,15 +1,21 @@
-"""Take the user guide's screenshots: real napari (show=True) driven through the widgets.
+"""Take the user guide's screenshots: a real napari window (1600 x 1000, shown) driven through the widgets.
 
-    python scripts/make_screenshots.py            # re-runs itself under xvfb-run when there is no display
+    python scripts/make_screenshots.py                       # re-runs itself under xvfb-run without a display
+    python scripts/make_screenshots.py --model runs/busi/best.safetensors
 
-Uses the real BUSI subset in ../shared/data/busi (set MTUNET_BUSI to point elsewhere);
-nothing from it is copied into the repository, only the PNG screenshots in
-docs/screenshots/.  Training runs on the CPU for a few minutes on a small subset, so
-the model in the screenshots is a quick demo model, not a validated one.
+Uses the real BUSI subset in ../shared/data/busi (set MTUNET_BUSI to point elsewhere); nothing from it
+is copied into the repository, only the PNG screenshots in docs/screenshots/.
+
+- the Train widget trains twice on a small stratified subset (ImageNet-pretrained
+  timm-tf_efficientnet_lite0, whose weights ship with napari-mtunet, so this works offline), the
+  second run beside the first one's faded curves;
+- Predict and Annotate use ``--model`` when given (a model trained longer, e.g. with ``mtunet train``),
+  else the model the Train widget just trained.  Either way it is a quick demo model, not a validated one.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -20,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "screenshots"
+PLUGIN = "napari-mtunet"
+WINDOW = (1600, 1000)
 
 
 def find_busi() -> Path:
@@ -40,155 +48,219 @@ def ensure_display() -> None:
     sys.exit(subprocess.call(cmd, env=env))
 
 
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=os.environ.get("MTUNET_SHOT_MODEL"),
+                   help="model for the Predict and Annotate screenshots (default: the one trained here)")
+    p.add_argument("--samples", type=int, default=int(os.environ.get("MTUNET_SHOT_SAMPLES", "120")),
+                   help="training subset (stratified)")
+    p.add_argument("--epochs", type=int, default=int(os.environ.get("MTUNET_SHOT_EPOCHS", "4")),
+                   help="epochs of the second training run (the first one runs half as many)")
+    p.add_argument("--image", default=os.environ.get("MTUNET_SHOT_IMAGE", "malignant (184).png"),
+                   help="the BUSI image of the Predict screenshots")
+    p.add_argument("--stack", nargs=4, default=["benign (67).png", "malignant (161).png", "normal (28).png",
+                                                "benign (72).png"], help="the four BUSI images of the stack")
+    p.add_argument("--only", nargs="*", default=None, help="take only these screenshots (names without .png)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, training set)")
+    return p.parse_args()
+
+
 def main() -> None:
     ensure_display()
+    args = parse_args()
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
 
+    from napari_mtunet import layer_meta
     from napari_mtunet.data import read_image
-    from napari_mtunet.widgets import AnnotateWidget, DatasetWidget, PredictWidget, TrainWidget
-    from napari_mtunet.widgets._common import warm_up_done
+    from napari_mtunet.widgets import _job
+    from napari_mtunet.widgets._common import state_for, warm_up_done
+
+    messages: list[str] = []
+    _job.notify_info = lambda m: messages.append(f"info: {m}")  # no toast over the screenshots
+    _job.notify_error = lambda m: messages.append(f"ERROR: {m}")
 
     busi = find_busi()
     work = Path(tempfile.mkdtemp(prefix="mtunet-shots-"))
     OUT.mkdir(parents=True, exist_ok=True)
-    def wait(cond, timeout=1800.0, what="work"):
+    viewer = napari.Viewer(title="napari-mtunet", show=True)
+    app = QApplication.instance()
+    viewer.window._qt_window.resize(*WINDOW)
+
+    def pump(n: int = 20) -> None:
+        for _ in range(n):
+            app.processEvents()
+            time.sleep(0.01)
+
+    def wait(cond, timeout=3600.0, what="work"):
         t0 = time.time()
         while not cond():
             app.processEvents()
             time.sleep(0.02)
             if time.time() - t0 > timeout:
                 raise TimeoutError(f"{what} did not finish in {timeout} s")
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.01)
+        pump()
+        errors = [m for m in messages if m.startswith("ERROR")]
+        if errors:
+            raise SystemExit(f"{what}: {errors[-1]}")
 
-    def shot(viewer, name):
+    def shot(name):
+        if args.only is not None and name not in args.only:
+            return
+        pump(30)
         path = OUT / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False, flash=False)
-        print("wrote", path.relative_to(REPO))
+        print("wrote", path.relative_to(REPO), flush=True)
 
-    viewer = napari.Viewer(title="napari-mtunet", show=True)
-    app = QApplication.instance()
-    viewer.window._qt_window.resize(1700, 1050)
+    def dock(name):
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        pump()
+        return widget
+
+    def pick(combo, text):
+        i = combo.findText(text)
+        combo.setCurrentIndex(i)
+        combo.activated.emit(i)
+
+    def prediction_of(image_name):
+        for lyr in viewer.layers:
+            rec = layer_meta.read(lyr.metadata)
+            if rec is not None and rec.kind == "prediction" and rec.source_layer == image_name:
+                return lyr
+        return None
 
     # 1. Dataset widget on the real BUSI subset ----------------------------------
-    ds = DatasetWidget(viewer)
-    dock = viewer.window.add_dock_widget(ds, name="Dataset", area="right")
-    wait(warm_up_done, what="warm-up")
+    ds = dock("Dataset")
+    wait(lambda: warm_up_done() and not state_for(viewer).overlay.prewarming, what="warm-up")
     ds.root.value = str(busi)
     ds.load()
-    wait(lambda: ds.worker is None, what="dataset check")
+    wait(lambda: not ds.busy, what="dataset check")
     ds.n_preview.setValue(30)
     ds.preview()
-    wait(lambda: ds.worker is None, what="preview")
+    wait(lambda: not ds.busy, what="preview")
     viewer.dims.set_current_step(0, 12)
     viewer.reset_view()
-    shot(viewer, "dataset")
+    shot("dataset")
     ds.val_fraction.setValue(0.2)
     ds.test_fraction.setValue(0.1)
     ds.use_for_training()
-    viewer.window.remove_dock_widget(dock)
-    viewer.layers.clear()
+    viewer.window.remove_dock_widget(ds)  # the preview layers stay on the canvas while training
 
-    # 2. Train widget: a short CPU run on a stratified subset ---------------------
-    tw = TrainWidget(viewer)
-    dock = viewer.window.add_dock_widget(tw, name="Train", area="right")
+    # 2. Train widget: two short CPU runs on a stratified subset ------------------
+    tw = dock("Train")  # takes the folder and split from the Dataset widget
     tw.out_dir.value = str(work / "runs")
-    tw.encoder.setCurrentText("mobilenet_v2")
-    tw.encoder_weights.setCurrentText("none")  # offline machine; "imagenet" is better when online
+    tw.encoder.setCurrentText("timm-tf_efficientnet_lite0")
+    tw.encoder_weights.setCurrentText("imagenet")  # these ImageNet weights ship with napari-mtunet (offline)
     tw.image_size.setValue(128)
-    tw.max_samples.setValue(int(os.environ.get("MTUNET_SHOT_SAMPLES", "150")))
-    tw.epochs.setValue(int(os.environ.get("MTUNET_SHOT_EPOCHS", "30")))
+    tw.max_samples.setValue(args.samples)
     tw.batch_size.setValue(8)
-    tw.lr.setText("2e-3")
     tw.patience.setValue(0)
     tw.device.setCurrentText("auto")
+    tw.epochs.setValue(max(1, args.epochs // 2))
+    tw.lr.setText("3e-4")  # a first try with a smaller learning rate: its curves stay in the plot, faded
     tw.start()
-    wait(lambda: len([e for e in tw.events if e.kind == "epoch_end"]) >= 2, what="first epochs")
-    shot(viewer, "train_running")
-    wait(lambda: tw.worker is None, what="training")
-    shot(viewer, "train_done")
-    best = tw.best_checkpoint
-    if best is None:
+    wait(lambda: not tw.busy, what="first training run")
+    tw.epochs.setValue(args.epochs)
+    tw.lr.setText("1e-3")
+    tw.start()
+    wait(lambda: sum(e.kind == "epoch_end" for e in tw.events) >= 2
+         and any(e.kind == "batch_end" and e.epoch == 3 and e.batch >= 3 for e in tw.events), what="second run")
+    bar = tw.scroll.verticalScrollBar()
+    bar.setValue(bar.maximum())  # the progress, the time left and the plot
+    shot("train_running")
+    wait(lambda: not tw.busy, what="training")
+    bar.setValue(bar.maximum())
+    shot("train_done")
+    trained = tw.best_checkpoint
+    if trained is None:
         raise SystemExit(f"training produced no checkpoint: {tw.last_error}")
-    viewer.window.remove_dock_widget(dock)
+    viewer.window.remove_dock_widget(tw)
+    model = args.model or trained
+    if args.only is not None and not {"predict_busi", "predict_gradcam", "predict_stack",
+                                      "annotate_finetune"} & set(args.only):
+        finish(viewer, work, args, messages)
+        return
 
-    # 3. Predict on real BUSI images --------------------------------------------
-    pw = PredictWidget(viewer)
-    dock = viewer.window.add_dock_widget(pw, name="Predict", area="right")
-    name = os.environ.get("MTUNET_SHOT_IMAGE", "malignant (1).png")
-    img_path = busi / name.split(" (")[0] / name
+    # 3. Predict on a real BUSI image ---------------------------------------------
+    viewer.layers.clear()
+    pw = dock("Predict")
+    pw.checkpoint.value = str(model)
+    img_path = busi / args.image.split(" (")[0] / args.image
     image = read_image(img_path)
     viewer.add_image(image, name=img_path.stem, rgb=image.ndim == 3)
-    pw.set_checkpoint(best)
     pw.image_layer.setCurrentText(img_path.stem)
     pw.gradcam.setChecked(True)
     pw.predict()
-    wait(lambda: pw.worker is None, what="prediction")
-    viewer.layers[f"{img_path.stem} [Grad-CAM]"].visible = False
+    wait(lambda: not pw.busy, what="prediction")
+    labels = prediction_of(img_path.stem)
+    cam = next(lyr for lyr in viewer.layers if (r := layer_meta.read(lyr.metadata)) and r.kind == "gradcam")
+    cam.visible = False
+    viewer.layers.selection.active = labels
     viewer.reset_view()
-    shot(viewer, "predict_busi")
-    viewer.layers[f"{img_path.stem} [Grad-CAM]"].visible = True
-    viewer.layers[f"{img_path.stem} [mtunet]"].visible = False
-    shot(viewer, "predict_gradcam")
-    viewer.layers[f"{img_path.stem} [mtunet]"].visible = True
+    shot("predict_busi")
+    cam.visible = True
+    labels.visible = False
+    shot("predict_gradcam")
+    labels.visible = True
 
-    # a stack: per-slice class read-out
+    # a stack of four BUSI images: per-slice classes
     viewer.layers.clear()
-    stack_names = ["benign (1).png", "malignant (1).png", "normal (10).png", "benign (100).png"]
-    slices = []
     from skimage.transform import resize
 
     from napari_mtunet.data import load_dataset, load_sample
 
+    stack_names = list(args.stack)
     by_name = {s.image.name: s for s in load_dataset(busi, duplicates=False).samples}
-    truth = []
+    slices, truth = [], []
     for n in stack_names:
         arr, mask = load_sample(by_name[n])
         arr = arr[..., 0] if arr.ndim == 3 else arr
-        slices.append((resize(arr, (360, 480), preserve_range=True, anti_aliasing=True)).astype(np.uint8))
+        slices.append(resize(arr, (360, 480), preserve_range=True, anti_aliasing=True).astype(np.uint8))
         truth.append(resize(mask.astype(float), (360, 480), order=0) > 0.5)
     viewer.add_image(np.stack(slices), name="BUSI stack")
     pw.image_layer.setCurrentText("BUSI stack")
     pw.gradcam.setChecked(False)
     pw.predict()
-    wait(lambda: pw.worker is None, what="stack prediction")
+    wait(lambda: not pw.busy, what="stack prediction")
     viewer.dims.set_current_step(0, 1)
     viewer.reset_view()
-    shot(viewer, "predict_stack")
-    viewer.window.remove_dock_widget(dock)
+    shot("predict_stack")
 
-    # 4. Annotate & fine-tune ----------------------------------------------------
-    aw = AnnotateWidget(viewer)
-    pw2 = PredictWidget(viewer)  # hidden: receives the child checkpoint
-    dock = viewer.window.add_dock_widget(aw, name="Annotate & fine-tune", area="right")
-    aw.image_layer.setCurrentText("BUSI stack")
-    aw.labels_layer.setCurrentText("BUSI stack [mtunet]")
+    # 4. Annotate & fine-tune, docked below Predict (both scroll) --------------------
+    aw = dock("Annotate & fine-tune")
+    labels = prediction_of("BUSI stack")
+    aw.labels_layer.setCurrentText(labels.name)  # the image and the model follow the labels
     aw.dataset_root.value = str(work / "my_annotations")
-    aw.checkpoint.value = str(best)
     aw.all_slices.setChecked(True)
     # the user corrects the predicted masks with the paint/erase tools (here: the expert masks)
-    viewer.layers["BUSI stack [mtunet]"].data = np.stack(truth).astype(np.uint8)
-    for i, n in enumerate(stack_names):  # the true classes, as a user would set them
+    labels.data = np.stack(truth).astype(np.uint8)
+    for i, n in enumerate(stack_names):  # and picks the true class of each slice
         viewer.dims.set_current_step(0, i)
-        aw.class_choice.setCurrentText(n.split(" (")[0])
+        pick(aw.class_choice, n.split(" (")[0])
     viewer.dims.set_current_step(0, 1)
     aw.add_to_training_set()
-    wait(lambda: aw.worker is None, what="add to training set")
-    aw.epochs.setValue(2)
+    wait(lambda: not aw.busy, what="add to training set")
     aw.device.setCurrentText("auto")
     aw.finetune_or_stop()
-    wait(lambda: aw.worker is None, what="fine-tuning")
-    viewer.layers.selection.active = viewer.layers["BUSI stack [mtunet]"]
-    viewer.layers["BUSI stack [mtunet]"].mode = "paint"
-    shot(viewer, "annotate_finetune")
-    print("child checkpoint:", aw.child_checkpoint, "metrics:", aw.metrics)
-    pw2.close()
+    wait(lambda: not aw.busy, what="fine-tuning")
+    viewer.layers.selection.active = labels
+    labels.mode = "paint"
+    viewer.dims.set_current_step(0, 3)  # the slice whose class the user corrected
+    pw.update_readout()
+    aw.scroll.ensureWidgetVisible(aw.metrics_label)
+    shot("annotate_finetune")
+    print("child model:", aw.child_checkpoint, "\nmetrics:", aw.metrics_label.plain_text(), flush=True)
+    finish(viewer, work, args, messages)
+
+
+def finish(viewer, work: Path, args: argparse.Namespace, messages: list[str]) -> None:
+    print(*messages, sep="\n")
     viewer.close()
-    if not os.environ.get("MTUNET_SHOT_KEEP"):
+    if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    else:
+        print("kept", work)
 
 
 if __name__ == "__main__":

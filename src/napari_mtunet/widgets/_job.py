@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ._common import DeviceCombo, error_message, notify_error, notify_info, state_for, warm_up, warm_up_done
@@ -65,42 +65,64 @@ class _Nothing:
 
 
 def breakable(text: str, every: int = 16) -> str:
-    """``text`` with zero-width spaces after path separators and inside long runs (hashes), where Qt may wrap."""
+    """``text`` with zero-width spaces after path separators and inside long runs (hashes), where Qt may wrap
+    (not after "." or ",": numbers stay whole)."""
     out, run = [], 0
     for ch in str(text):
         out.append(ch)
         run = 0 if ch.isspace() else run + 1
-        if ch in "/\\_-:.," or run >= every:
+        if ch in "/\\_-:" or run >= every:
             out.append("\u200b")
             run = 0
     return "".join(out)
 
 
-def no_widen(label: QLabel) -> QLabel:
-    """A word-wrapping label whose text never widens the dock."""
-    label.setWordWrap(True)
-    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-    label.setMinimumWidth(60)
-    return label
+class WrapLabel(QLabel):
+    """A word-wrapping label that never widens the dock and is as tall as its text at its actual width.
 
+    (A plain word-wrapping QLabel whose width may shrink reports the height of its text at its *minimum*
+    width, so layouts gave it a tall, mostly empty box.)
+    """
 
-class StatusLabel(QLabel):
-    """A status line that wraps words and never widens the dock (long paths and hashes are broken anywhere)."""
-
-    def __init__(self, text: str = "") -> None:
+    def __init__(self, text: str = "", rich: bool = False) -> None:
         super().__init__("")
-        self.setTextFormat(Qt.TextFormat.PlainText)
-        no_widen(self)
+        self.setTextFormat(Qt.TextFormat.RichText if rich else Qt.TextFormat.PlainText)
+        self.setWordWrap(True)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setMinimumWidth(60)
         self.setText(text)
+
+    def _height(self) -> int:
+        width = self.width() if self.width() > 60 else 280  # before the first layout: a typical dock width
+        margins = self.contentsMargins()
+        h = self.heightForWidth(width) if self.text() else 0
+        return max(self.fontMetrics().height(), h) + margins.top() + margins.bottom()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(60, self._height())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        return QSize(60, self._height())
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        if event.oldSize().width() != event.size().width():
+            self.updateGeometry()  # the text's height at the new width
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
+        super().setText(text)
+        self.updateGeometry()
+
+
+class StatusLabel(WrapLabel):
+    """A status line: wraps, never widens the dock (long paths and hashes are broken anywhere)."""
 
     def setText(self, text: str) -> None:  # noqa: N802 - Qt API
         super().setText(breakable(text))
         self.setToolTip(str(text) if len(str(text)) > 60 else "")
 
-    def text(self) -> str:  # noqa: D401 - Qt API: the text as set (without the wrap hints)
+    def plain_text(self) -> str:
         return super().text().replace("\u200b", "")
-
-    plain_text = text
 
 
 class JobWidget(QWidget):

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QProgressBar, QPushButton
 
 from .. import layer_meta
 from ..config import FinetuneConfig
 from ..workflows.annotate import AddedSample, PairingError, add_samples, check_pairing, sample_items, undo_sample
 from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_record
-from ._job import JobWidget, StatusLabel, no_widen
+from ._job import JobWidget, StatusLabel, WrapLabel
 from .predict import MODEL_FILTER, layer_array
 
 
@@ -92,9 +92,9 @@ class AnnotateWidget(JobWidget):
         f.addRow("Model", self.checkpoint)
         f.addRow("Device", self.device)
         cfg = FinetuneConfig()
-        f.addRow(no_widen(QLabel(
+        f.addRow(WrapLabel(
             f"{cfg.steps_per_sample:g} steps per corrected image ({cfg.min_steps}-{cfg.max_steps}), replay of the "
-            f"model's own training data, {cfg.check_fraction:.0%} held back to check")))
+            f"model's own training data, {cfg.check_fraction:.0%} held back to check"))
         f.addRow(self.finetune_button)
         f.addRow(self.progress)
         f.addRow(self.metrics_label)

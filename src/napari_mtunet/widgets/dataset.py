@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DataConfig
-from ._common import PathEdit, combo, notify_info
+from ._common import PathEdit, combo
 from ._job import JobWidget
 
 
@@ -192,4 +192,5 @@ class DatasetWidget(JobWidget):
             self.fail(exc, "Invalid split settings")
             return
         self.state.set_data_config(cfg)
-        notify_info(f"Train widget will use {cfg.root} (val {cfg.val_fraction:.0%}, test {cfg.test_fraction:.0%})")
+        self.inform(f"The Train widget will use {cfg.root} (validation {cfg.val_fraction:.0%}, "
+                    f"test {cfg.test_fraction:.0%})")

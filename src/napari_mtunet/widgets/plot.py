@@ -91,24 +91,32 @@ class PlotPanel(QWidget):
         p.setFont(font)
         line_h = 14
         names = list(self.series) or list(self.previous)
-        legend_rows = max(1, math.ceil(len(names) / 2)) if names else 0
-        left, right, top, bottom = 44, 8, 18 + line_h * legend_rows, 30
+        labels = {}
+        for name in names:
+            pts = self.series.get(name) or []
+            labels[name] = name + (f" {pts[-1][1]:.3f}" if pts else "")
+        left, right = 44, 8
+        # the legend: two entries a row when they fit, else one (never cut, never over the curves)
+        fm = p.fontMetrics()
+        widest = max((fm.horizontalAdvance(t) for t in labels.values()), default=0) + 20
+        cols = 2 if 2 * widest <= w - left - right else 1
+        legend_rows = math.ceil(len(names) / cols) if names else 0
+        top, bottom = 18 + line_h * legend_rows, 30
         plot = QRectF(left, top, max(10, w - left - right), max(10, h - top - bottom))
         drawn: dict[str, Any] = {"plot": QRectF(plot), "legend": [], "x_ticks": [], "y_ticks": []}
         p.setPen(QPen(fg))
         p.drawText(QRectF(0, 0, w, 16), Qt.AlignmentFlag.AlignCenter, self.title)
         # legend strip (above the plot area, never over the curves)
-        col_w = max(60.0, (w - left - right) / 2)
+        col_w = (w - left - right) / cols
+        legend_left = left if cols == 2 else 8
         for k, name in enumerate(names):
-            lx = left + (k % 2) * col_w
-            ly = 16 + (k // 2) * line_h
+            lx = legend_left + (k % cols) * col_w
+            ly = 16 + (k // cols) * line_h
             color = QColor(self.colors.get(name, PALETTE[0]))
             p.setPen(QPen(color, 2))
             p.drawLine(QPointF(lx, ly + 7), QPointF(lx + 12, ly + 7))
             p.setPen(QPen(fg))
-            pts = self.series.get(name) or []
-            last = f" {pts[-1][1]:.3f}" if pts else ""
-            p.drawText(QRectF(lx + 16, ly, col_w - 18, line_h), Qt.AlignmentFlag.AlignLeft, name + last)
+            p.drawText(QRectF(lx + 16, ly, max(col_w, widest) - 18, line_h), Qt.AlignmentFlag.AlignLeft, labels[name])
             drawn["legend"].append((name, QRectF(lx, ly, col_w, line_h)))
         x0, x1, y0, y1 = self._bounds()
 

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -34,7 +33,7 @@ from qtpy.QtWidgets import (
 from .. import layer_meta
 from ..workflows.predict_layers import PredictorCache
 from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_kind, layer_record
-from ._job import JobWidget, StatusLabel, breakable, no_widen
+from ._job import JobWidget, StatusLabel, WrapLabel, breakable
 
 MODEL_FILTER = "napari-mtunet model (*.safetensors *.zip rdf.yaml)"
 
@@ -49,8 +48,7 @@ class ClassReadout(QWidget):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.title = no_widen(QLabel("No prediction yet"))  # wraps; a long layer name never widens the dock
-        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.title = WrapLabel("No prediction yet", rich=True)  # wraps; a long layer name never widens the dock
         self.bars_box = QVBoxLayout()
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
