@@ -12,7 +12,7 @@ from napari_mtunet.paths import unique_path
 from napari_mtunet.sample_data import write_phantom_dataset
 
 FAST = ["--epochs", "1", "--image-size", "64", "--batch-size", "4", "--encoder-weights", "none",
-        "--n-boot", "20", "--device", "cpu", "--quiet"]
+        "--n-boot", "20", "--device", "cpu", "--quiet", "--test-fraction", "0.2"]
 
 
 @pytest.fixture(scope="module")

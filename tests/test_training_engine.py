@@ -109,12 +109,24 @@ def test_cancel_mid_epoch_keeps_best(tmp_path, data):
     assert read_metadata(res.last_checkpoint)["training"]["epoch"] == 1
 
 
-def test_resume_equals_uninterrupted(tmp_path, data):
+@pytest.mark.parametrize("schedule", [None, "cosine"])
+def test_resume_equals_uninterrupted(tmp_path, data, schedule):
+    """Stopped after epoch 1 of 2 (cancel), then resumed: the same weights as an uninterrupted run,
+    also with the default warm-up + cosine schedule (a pure function of the step)."""
     train, val = data
-    full = Trainer(mcfg(), tcfg(epochs=2), train, val, preprocessing=PRE, out_dir=tmp_path / "a").fit()
-    Trainer(mcfg(), tcfg(epochs=1), train, val, preprocessing=PRE, out_dir=tmp_path / "b").fit()
+    kw = {"lr_schedule": schedule, "warmup_epochs": 0.5 if schedule else 0.0}
+    full = Trainer(mcfg(), tcfg(epochs=2, **kw), train, val, preprocessing=PRE, out_dir=tmp_path / "a").fit()
+    cancel = CancelToken()
+
+    def stop_in_epoch_2(ev):
+        if ev.kind == "batch_end" and ev.epoch == 2:
+            cancel.cancel()
+
+    part = Trainer(mcfg(), tcfg(epochs=2, **kw), train, val, preprocessing=PRE, out_dir=tmp_path / "b",
+                   cancel=cancel, callbacks=[stop_in_epoch_2]).fit()
+    assert part.reason == "cancelled" and part.epochs_run == 1
     resumed = Trainer(
-        None, tcfg(epochs=2), train, val, out_dir=tmp_path / "b", resume_from=tmp_path / "b" / "last.safetensors"
+        None, tcfg(epochs=2, **kw), train, val, out_dir=tmp_path / "b", resume_from=tmp_path / "b" / "last.safetensors"
     ).fit()
     assert resumed.epochs_run == 2 and len(resumed.history) == 2
     a, _ = load_checkpoint(full.last_checkpoint)

@@ -276,6 +276,7 @@ def cmd_experiment(args) -> int:
         seed=args.seed,
         n_boot=args.n_boot,
         augment=not args.no_augment,
+        only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None,
     )
     report = run_experiment(settings, Path(args.out), log=_say)
     _say(f"report: {report}")
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", default="baselines,ablation,weights",
                    help="comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights (sweep)")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--only-folds", default=None,
+                   help="run only these folds now, e.g. 0,1,2 (several processes can share one --out)")
     p.add_argument("--epochs", type=int, default=None, help=f"default: {D.train.epochs} (finetune study base: 20)")
     p.add_argument("--image-size", type=int, default=None,
                    help=f"default: {D.preprocessing.image_size} (finetune study: 128)")

@@ -34,31 +34,40 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .config import RunConfig
+
 WEIGHT_SWEEP: list[tuple[float, float]] = [(1, 1), (2, 1), (5, 1), (10, 1), (1, 2), (1, 5), (1, 10)]
 STUDIES = ("baselines", "ablation", "weights")
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr", "dice", "iou", "dice_lesion", "iou_lesion", "dice_global")
 
 
+_D = RunConfig()
+
+
 @dataclass
 class ExperimentSettings:
+    """The budget of an experiment; every other training setting is the project default (``RunConfig()``)."""
+
     dataset: str
     layout: str = "auto"
     preset: str = "paper"
     encoders: list[str] = field(default_factory=lambda: ["vgg16", "mobilenet_v2"])
     studies: list[str] = field(default_factory=lambda: list(STUDIES))
     folds: int = 5
-    epochs: int = 50
-    image_size: int = 256
+    epochs: int = _D.train.epochs
+    image_size: int = _D.preprocessing.image_size
     max_samples: int | None = None
-    batch_size: int = 32
-    lr: float = 1e-3
-    patience: int = 10
+    batch_size: int = _D.train.batch_size
+    lr: float = _D.train.lr
+    patience: int = _D.train.early_stopping_patience or 0
     encoder_weights: str | None = "imagenet"
     device: str = "auto"
     seed: int = 0
     n_boot: int = 1000
     augment: bool = True
-    val_fraction: float = 0.15
+    val_fraction: float = _D.data.val_fraction
+    #: Run only these folds now (None: all); the report covers every finished run.
+    only_folds: list[int] | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.studies if s not in STUDIES]
@@ -72,7 +81,7 @@ class ExperimentSettings:
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change results (a resumed experiment must match them)."""
         d = asdict(self)
-        for k in ("encoders", "studies", "device", "n_boot"):
+        for k in ("encoders", "studies", "device", "n_boot", "only_folds"):
             d.pop(k)
         d["dataset"] = str(Path(self.dataset).resolve())
         return d
@@ -143,6 +152,8 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
     runs = plan_runs(settings)
     t0 = time.perf_counter()
     for i, spec in enumerate(runs, 1):
+        if settings.only_folds is not None and spec.fold not in settings.only_folds:
+            continue
         run_dir = out / "runs" / spec.encoder / spec.variant / f"fold{spec.fold}"
         if (run_dir / "result.json").is_file():
             log(f"[{i}/{len(runs)}] {spec.key}: done already")

@@ -46,14 +46,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def warming_up(cfg: TrainConfig, epoch: int) -> bool:
-    return float(cfg.warmup_epochs) > 0 and epoch <= math.ceil(float(cfg.warmup_epochs))
+    return float(cfg.warmup_epochs) > 0 and epoch <= math.ceil(min(float(cfg.warmup_epochs), cfg.epochs / 2))
 
 
 def lr_factor(cfg: TrainConfig, epoch: int, batch: int, n_batches: int) -> float | None:
     """The schedule's multiplier of the base rates at this step (None: leave the rates alone)."""
     step = (epoch - 1) * n_batches + (batch - 1)
     total = max(1, int(cfg.epochs) * n_batches)
-    warm = int(round(float(cfg.warmup_epochs) * n_batches))
+    # the warm-up takes at most half of a short run
+    warm = min(int(round(float(cfg.warmup_epochs) * n_batches)), total // 2)
     if warm > 0 and step < warm:
         return (step + 1) / (warm + 1)
     if cfg.lr_schedule == "cosine":
