@@ -25,7 +25,6 @@ import csv
 import io
 import os
 import re
-import tempfile
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from napari_mtunet.csvsafe import format_rows
+from napari_mtunet.paths import write_atomic
 from napari_mtunet.preprocess import to_binary_mask
 
 from .errors import DataError
@@ -131,17 +131,9 @@ def _read_labels(csv_path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Every file this module writes goes through here (the one atomic writer; tests patch this name to
+#: simulate a crash or a full disk in the middle of an append).
+_atomic_write_bytes = write_atomic
 
 
 def _encode_image(image: np.ndarray) -> tuple[bytes, str]:
