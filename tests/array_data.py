@@ -67,3 +67,26 @@ def blobs_dataset(n: int = 12, size: int = 64, num_classes: int = 2, seed: int =
         masks.append(mask)
         labels.append(label)
     return ArrayDataset(np.stack(images), masks, labels)
+
+
+class EchoNet(torch.nn.Module):
+    """Test-only network: segmentation logit = logit(red channel), so sigmoid returns the input;
+    constant class logits.  It has the attributes the Predictor reads; it is never shipped."""
+
+    def __init__(self):
+        from napari_mtunet.config import ModelConfig, Preprocessing
+
+        super().__init__()
+        self.config = ModelConfig(encoder_weights=None, num_classes=2, encoder_depth=5)
+        self.preprocessing = Preprocessing(image_size=64, resize=False)
+        self.output_stride = 32
+        self.decoder = torch.nn.Identity()
+        self.classification_head = torch.nn.Identity()
+        self.bias = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+
+    def forward(self, x):
+        from napari_mtunet.model import ModelOutput
+
+        assert x.shape[-1] % 32 == 0 and x.shape[-2] % 32 == 0  # the Predictor pads to the output stride
+        p = x[:, :1].float().clamp(1e-6, 1 - 1e-6)
+        return ModelOutput(seg=torch.log(p) - torch.log1p(-p), cls=self.bias.expand(x.shape[0], 2))

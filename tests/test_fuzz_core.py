@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_mtunet.config import AugmentConfig, ModelConfig, Preprocessing
+from napari_mtunet.config import AugmentConfig, Preprocessing
 from napari_mtunet.data import (
     DataError,
     Sample,
@@ -41,7 +41,6 @@ from napari_mtunet.data import (
 )
 from napari_mtunet.data.rle import rle_decode, rle_encode
 from napari_mtunet.inference import Predictor
-from napari_mtunet.model import ModelOutput
 from napari_mtunet.training.metrics import dice_iou_per_image, segmentation_metrics
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,28 +150,11 @@ def test_native_crop_and_flips_are_exactly_aligned(h, w, seed):
 # --------------------------------------------------------------------------- tiling
 
 
-class _EchoNet(torch.nn.Module):
-    """Test-only network: segmentation logit = logit(red channel), so sigmoid returns the input;
-    constant class logits.  It has the attributes the Predictor reads; it is never shipped."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = ModelConfig(encoder_weights=None, num_classes=2, encoder_depth=5)
-        self.preprocessing = Preprocessing(image_size=64, resize=False)
-        self.output_stride = 32
-        self.decoder = torch.nn.Identity()
-        self.classification_head = torch.nn.Identity()
-        self.bias = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
-
-    def forward(self, x):
-        assert x.shape[-1] % 32 == 0 and x.shape[-2] % 32 == 0
-        p = x[:, :1].float().clamp(1e-6, 1 - 1e-6)
-        return ModelOutput(seg=torch.log(p) - torch.log1p(-p), cls=self.bias.expand(x.shape[0], 2))
-
-
 @pytest.fixture(scope="module")
 def echo():
-    return _EchoNet().eval()
+    from array_data import EchoNet
+
+    return EchoNet().eval()
 
 
 @FAST

@@ -8,25 +8,8 @@ import pytest
 import torch
 
 from napari_mtunet.config import ModelConfig, Postprocessing, Preprocessing
-from napari_mtunet.model import ModelOutput
+from array_data import EchoNet
 from napari_mtunet.postprocess import forward, remove_small_lesions
-
-
-class _Echo(torch.nn.Module):
-    """Segmentation probability = the red channel; constant class logits (test only)."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = ModelConfig(encoder_weights=None, num_classes=2)
-        self.preprocessing = Preprocessing(image_size=64, resize=False)
-        self.output_stride = 32
-        self.decoder = torch.nn.Identity()
-        self.classification_head = torch.nn.Identity()
-        self.bias = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
-
-    def forward(self, x):
-        p = x[:, :1].float().clamp(1e-6, 1 - 1e-6)
-        return ModelOutput(seg=torch.log(p) - torch.log1p(-p), cls=self.bias.expand(x.shape[0], 2))
 
 
 def _blobs(size=100):
@@ -48,7 +31,7 @@ def test_remove_small_lesions_keeps_big_ones_only():
 def test_predictor_applies_the_checkpoint_postprocessing_in_whole_image_modes_only():
     from napari_mtunet.inference import Predictor
 
-    p = Predictor(_Echo().eval(), device="cpu", tile_size=64)
+    p = Predictor(EchoNet().eval(), device="cpu", tile_size=64)
     img = _blobs(128)
     assert p.predict(img, mode="native").mask[71, 71] == 1  # default: nothing removed
     p.postprocessing = Postprocessing(min_lesion_fraction=0.005)
@@ -59,7 +42,7 @@ def test_predictor_applies_the_checkpoint_postprocessing_in_whole_image_modes_on
 
 
 def test_tta_flips_back_correctly():
-    net = _Echo().eval()
+    net = EchoNet().eval()
     x = torch.rand(2, 3, 64, 96)
     a, b = forward(net, x), forward(net, x, hflip_tta=True)
     torch.testing.assert_close(a.seg, b.seg)  # a flip-equivariant network: TTA changes nothing
@@ -82,8 +65,8 @@ def test_evaluation_uses_the_same_postprocessing():
             return {"image": x, "mask": torch.from_numpy(img[None] > 0).float(), "label": torch.tensor(0),
                     "has_mask": True, "has_label": True, "index": 0}
 
-    raw = predict_dataset(_Echo().eval(), One())
-    cleaned = predict_dataset(_Echo().eval(), One(), postprocessing=Postprocessing(min_lesion_fraction=0.005))
+    raw = predict_dataset(EchoNet().eval(), One())
+    cleaned = predict_dataset(EchoNet().eval(), One(), postprocessing=Postprocessing(min_lesion_fraction=0.005))
     assert raw.pred_masks[0, 71, 71] and not cleaned.pred_masks[0, 71, 71]
 
 
