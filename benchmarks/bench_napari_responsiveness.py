@@ -51,34 +51,45 @@ NAME = "napari_responsiveness"
 
 
 class Heartbeat:
+    """A QTimer on the GUI thread; each tick records the time and the GUI thread's own CPU time, so a stall
+    can be told apart: the GUI thread busy (work on it: napari drawing a new layer ...) or waiting (for the
+    GIL held by another thread, or for a core on a loaded machine)."""
+
     def __init__(self, interval_ms: int):
         from qtpy.QtCore import QTimer
 
         self.interval = interval_ms / 1000.0
         self.ticks: list[float] = []
+        self.cpu: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+        self.cpu.append(time.thread_time())
 
     def start(self) -> None:
-        self.ticks = [time.perf_counter()]
+        self.ticks, self.cpu = [], []
+        self._tick()
         self.timer.start()
 
     def stop(self, sampler: StackSampler | None = None) -> dict:
         self.timer.stop()
-        self.ticks.append(time.perf_counter())
+        self._tick()
         gaps = [b - a for a, b in zip(self.ticks, self.ticks[1:])]
+        busy = [(b - a) / g if g > 0 else 0.0 for a, b, g in zip(self.cpu, self.cpu[1:], gaps)]
         stalls = sorted(max(0.0, g - self.interval) for g in gaps)
         worst_i = max(range(len(gaps)), key=gaps.__getitem__) if gaps else 0
         n = len(stalls)
+        big = [i for i, g in enumerate(gaps) if g - self.interval > 0.1]
         extra = {}
         if sampler is not None and gaps:
             extra["worst_stall_stacks"] = sampler.explain(self.ticks[worst_i], self.ticks[worst_i + 1])
             # every stall over 100 ms, shortly
-            big = [i for i, g in enumerate(gaps) if g - self.interval > 0.1]
             extra["stalls_explained"] = [
                 {"at_s": self.ticks[i] - self.ticks[0], "ms": 1000 * (gaps[i] - self.interval),
-                 **sampler.explain(self.ticks[i], self.ticks[i + 1])}
+                 "gui_cpu_share": busy[i], **sampler.explain(self.ticks[i], self.ticks[i + 1])}
                 for i in big[:10]
             ]
         return {**extra,
@@ -86,9 +97,12 @@ class Heartbeat:
             "ticks": n,
             "worst_stall_ms": 1000 * stalls[-1] if n else 0.0,
             "worst_at_s": (self.ticks[worst_i] - self.ticks[0]) if gaps else 0.0,
+            "worst_gui_cpu_share": busy[worst_i] if gaps else 0.0,
             "p99_stall_ms": 1000 * stalls[min(n - 1, int(0.99 * n))] if n else 0.0,
             "median_gap_ms": 1000 * C.median(gaps) if gaps else 0.0,
-            "stalls_over_100ms": sum(1 for s in stalls if s > 0.1),
+            "stalls_over_100ms": len(big),
+            # the GUI thread ran for most of the stall: work on the GUI thread (ours or napari's)
+            "stalls_over_100ms_gui_busy": sum(1 for i in big if busy[i] >= 0.5),
             "stalls_over_50ms": sum(1 for s in stalls if s > 0.05),
         }
 
@@ -234,7 +248,9 @@ def main() -> None:
         res["wall_s"] = time.perf_counter() - t0
         phases[name] = res
         print(f"  {name}: {res['wall_s']:.1f} s, worst stall {res['worst_stall_ms']:.0f} ms "
-              f"(p99 {res['p99_stall_ms']:.0f} ms, {res['stalls_over_100ms']} over 100 ms)", flush=True)
+              f"(GUI thread busy {res['worst_gui_cpu_share']:.0%} of it; p99 {res['p99_stall_ms']:.0f} ms, "
+              f"{res['stalls_over_100ms']} over 100 ms, {res['stalls_over_100ms_gui_busy']} of them with the GUI "
+              "thread busy)", flush=True)
 
     def prediction_of(image_name: str) -> Any:
         for lyr in viewer.layers:
@@ -351,19 +367,20 @@ def main() -> None:
         for k, v in phases.items():
             for st in v.get("stalls_explained", []):
                 print(f"\n[{k}] stall {st['ms']:.0f} ms at {st['at_s']:.2f} s: {st['samples_inside']} samples "
-                      f"inside (of ~{st['expected_samples']})")
+                      f"inside (of ~{st['expected_samples']}); GUI thread busy {st['gui_cpu_share']:.0%}")
                 print("  last before:", _json.dumps(st["last_before"], indent=1)[:3000])
                 print("  inside:", _json.dumps(st["most_common_inside"], indent=1)[:3000])
     if errors:
         print("widget errors:", *errors, sep="\n  ")
 
     rows = [[k, v["wall_s"], v["ticks"], v["median_gap_ms"], v["p99_stall_ms"], v["worst_stall_ms"], v["worst_at_s"],
-             v["stalls_over_100ms"]] for k, v in phases.items()]
+             f"{v['worst_gui_cpu_share']:.0%}", v["stalls_over_100ms"], v["stalls_over_100ms_gui_busy"]]
+            for k, v in phases.items()]
     platform = os.environ.get("QT_QPA_PLATFORM", "default")
     print(f"\nheartbeat every {args.tick_ms} ms; stall = gap - interval; platform {platform}; "
           f"window {'hidden' if args.hidden else 'shown'}; load average {os.getloadavg()[0]:.1f}")
     C.print_table(["phase", "wall_s", "ticks", "median_gap_ms", "p99_stall_ms", "worst_stall_ms", "worst_at_s",
-                   ">100ms"], rows)
+                   "worst_gui_busy", ">100ms", ">100ms_gui_busy"], rows)
     targets = [C.target_check(f"{k}: worst event-loop stall (ms)", v["worst_stall_ms"], 100.0)
                for k, v in phases.items() if k not in ("idle", "dock") and not k.startswith("napari_")]
     C.print_targets(targets)

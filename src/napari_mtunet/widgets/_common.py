@@ -156,7 +156,7 @@ class ClassOverlay:
     opens, while the overlay is unused.
     """
 
-    CHUNK = 4
+    CHUNK = 3
     STEP_MS = 120
 
     def __init__(self, viewer: Any, timer_parent: QObject | None = None) -> None:
