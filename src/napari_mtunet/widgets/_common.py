@@ -470,7 +470,7 @@ def warm_up() -> Any:
         from .._triton import guard_triton
 
         guard_triton()  # before torchvision can import triton (software OpenGL segfaults otherwise)
-        for name in WARM_MODULES:
+        for name in (*WARM_MODULES, *_submodules("napari_mtunet.workflows"), *_submodules("napari_mtunet.training")):
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional module is reported where it is used
@@ -488,6 +488,18 @@ def warm_up() -> Any:
     _WARM["thread"] = thread
     thread.start()
     return thread
+
+
+def _submodules(package: str) -> list[str]:
+    """Every module of a napari_mtunet package (the workflows import theirs lazily, one per step)."""
+    import importlib
+    import pkgutil
+
+    try:
+        pkg = importlib.import_module(package)
+    except Exception:  # noqa: BLE001
+        return []
+    return [f"{package}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)]
 
 
 def warm_up_done() -> bool:
