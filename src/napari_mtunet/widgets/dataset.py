@@ -83,11 +83,11 @@ class DatasetWidget(JobWidget):
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.9)
         self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.15)
+        self.val_fraction.setValue(DataConfig().val_fraction)  # the same defaults as `mtunet train`
         self.test_fraction = QDoubleSpinBox()
         self.test_fraction.setRange(0.0, 0.9)
         self.test_fraction.setSingleStep(0.05)
-        self.test_fraction.setValue(0.15)
+        self.test_fraction.setValue(DataConfig().test_fraction)
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         self.use_button = QPushButton("Use for training")
