@@ -146,6 +146,9 @@ def main() -> None:
     ds.test_fraction.setValue(0.1)
     ds.use_for_training()
     viewer.window.remove_dock_widget(ds)  # the preview layers stay on the canvas while training
+    if args.only is not None and set(args.only) <= {"dataset"}:
+        finish(viewer, work, args, messages)
+        return
 
     # 2. Train widget: two short CPU runs on a stratified subset ------------------
     tw = dock("Train")  # takes the folder and split from the Dataset widget
