@@ -246,7 +246,7 @@ def test_finetune_child_records_parent_and_shows_before_after(trained, tmp_path)
     assert ft["n_replay_pool"] > 0  # the base model's own training data was found and replayed
     for part in ("train", "check", "base"):
         assert set(res.metrics[part]) == {"before", "after"}
-        assert 0 <= res.metrics[part]["after"]["dice"] <= 1
+        assert 0 <= res.metrics[part]["after"]["dice"] <= 1 and 0 <= res.metrics[part]["after"]["dice_pooled"] <= 1
     assert res.metrics["check"]["after"]["n"] == 2
     assert "held-back" in res.summary()
 

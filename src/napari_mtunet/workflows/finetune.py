@@ -60,9 +60,9 @@ class FinetuneOutcome:
             if not m:
                 continue
             vals = []
-            for key in ("dice", "accuracy"):
+            for key, label in (("dice_pooled", "Dice (pooled pixels)"), ("accuracy", "accuracy")):
                 if key in m["before"] and key in m["after"]:
-                    vals.append(f"{key} {m['before'][key]:.3f} → {m['after'][key]:.3f}")
+                    vals.append(f"{label} {m['before'][key]:.3f} → {m['after'][key]:.3f}")
             if vals:
                 parts.append(f"{label} (n={int(m['after']['n'])}): " + ", ".join(vals))
         return "; ".join(parts)
@@ -78,7 +78,11 @@ def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) ->
     out: dict[str, float] = {"n": float(len(preds.labels))}
     if preds.pred_masks is not None and preds.has_mask.any():
         sel = preds.has_mask
-        out["dice"] = float(dice_iou_per_image(preds.pred_masks[sel], preds.true_masks[sel])[0].mean())
+        pm, tm = preds.pred_masks[sel], preds.true_masks[sel]
+        out["dice"] = float(dice_iou_per_image(pm, tm)[0].mean())
+        # pooled over all pixels: stable on a handful of images, where one empty mask flips a per-image Dice 0 <-> 1
+        denom = float(pm.sum() + tm.sum())
+        out["dice_pooled"] = 1.0 if denom == 0 else float(2.0 * (pm & tm).sum() / denom)
     if preds.probabilities is not None and preds.has_label.any():
         sel = preds.has_label
         y, p = preds.labels[sel], preds.probabilities[sel].argmax(1)
