@@ -59,9 +59,12 @@ def test_dataset_widget_load_preview_and_split(make_napari_viewer, qtbot, tmp_pa
     assert viewer.text_overlay.visible and f"ground truth {rec.slices[2].truth}" in viewer.text_overlay.text
     w.val_fraction.setValue(0.2)
     w.seed.setValue(4)
+    w.strict.setChecked(True)
     w.use_for_training()
     assert train.data_root.value == str(root)
     assert train.val_fraction.value() == pytest.approx(0.2) and train.seed.value() == 4
+    assert train.form().to_run().data.strict is True  # the Dataset widget's "strict" reaches training
+    w.strict.setChecked(False)
     # errors: a folder that is not a dataset
     w.root.value = str(tmp_path)
     w.strict.setChecked(True)

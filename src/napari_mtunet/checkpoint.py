@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig, Preprocessing
+from .jsonutil import json_default
 
 if TYPE_CHECKING:  # torch is imported inside the functions that need tensors (see the module docstring)
     import torch
@@ -204,7 +205,7 @@ def save_checkpoint(
         module, tensors, training=training, metrics=metrics, parent=parent, extra_metadata=extra_metadata, run=run
     )
     try:
-        meta_json = _seal(json.dumps(meta, allow_nan=False, default=_json_default))
+        meta_json = _seal(json.dumps(meta, allow_nan=False, default=json_default))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: metadata is not JSON-serialisable ({exc})") from None
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,16 +279,6 @@ def _dedupe_shared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(ptr)
         out[k] = v
     return out
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
 def _sniff(path: Path) -> str | None:

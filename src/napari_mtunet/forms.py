@@ -51,6 +51,7 @@ class TrainForm:
 
     root: str = ""
     layout: str = D.data.layout
+    strict: bool = D.data.strict
     val_fraction: float = D.data.val_fraction
     test_fraction: float = D.data.test_fraction
     seed: int = D.data.seed
@@ -91,6 +92,7 @@ class TrainForm:
                                  "encoder_weights": weights, "task": self.task}),
             preprocessing=Preprocessing(image_size=int(self.image_size)),
             data=DataConfig(**{**base.data.to_dict(), "root": self.root.strip(), "layout": self.layout,
+                               "strict": bool(self.strict),
                                "val_fraction": float(self.val_fraction), "test_fraction": float(self.test_fraction),
                                "seed": int(self.seed), "max_samples": int(self.max_samples) or None,
                                "augment": AugmentConfig(**{**base.data.augment.to_dict(),

@@ -75,6 +75,7 @@ class TrainWidget(JobWidget):
         self.max_samples.setRange(0, 10**7)
         self.max_samples.setSpecialValueText("all")
         self.augment = QCheckBox("augmentation (rotation, flips, shear)")
+        self.strict = QCheckBox("strict (refuse a dataset with any problem)")
         # model
         self.encoder = combo(ENCODERS, ENCODERS[0], editable=True)
         self.encoder_note = QLabel("")
@@ -122,6 +123,7 @@ class TrainWidget(JobWidget):
         f.addRow("Seed", self.seed)
         f.addRow("Max samples", self.max_samples)
         f.addRow("", self.augment)
+        f.addRow("", self.strict)
         model_box = QGroupBox("Model")
         f = QFormLayout(model_box)
         f.addRow("Encoder", self.encoder)
@@ -171,6 +173,7 @@ class TrainWidget(JobWidget):
             root=self.data_root.value, layout=self.layout_choice.currentText(),
             val_fraction=float(self.val_fraction.value()), test_fraction=float(self.test_fraction.value()),
             seed=int(self.seed.value()), max_samples=int(self.max_samples.value()), augment=self.augment.isChecked(),
+            strict=self.strict.isChecked(),
             encoder=self.encoder.currentText(), weights=self.encoder_weights.currentText(),
             weights_file=self.weights_file.value, task=self.task.currentText(), image_size=int(self.image_size.value()),
             w_seg=float(self.w_seg.value()), w_cls=float(self.w_cls.value()), epochs=int(self.epochs.value()),
@@ -186,6 +189,7 @@ class TrainWidget(JobWidget):
         self.seed.setValue(int(form.seed))
         self.max_samples.setValue(int(form.max_samples))
         self.augment.setChecked(bool(form.augment))
+        self.strict.setChecked(bool(form.strict))
         self.encoder.setCurrentText(form.encoder)
         self.encoder_weights.setCurrentText(form.weights)
         self.weights_file.value = form.weights_file
@@ -209,6 +213,7 @@ class TrainWidget(JobWidget):
         """Take the folder and split settings chosen in the Dataset widget."""
         self.data_root.value = cfg.root
         self.layout_choice.setCurrentText(cfg.layout)
+        self.strict.setChecked(bool(cfg.strict))  # the Dataset widget's "strict" reaches training
         self.val_fraction.setValue(cfg.val_fraction)
         self.test_fraction.setValue(cfg.test_fraction)
         self.seed.setValue(int(cfg.seed))
