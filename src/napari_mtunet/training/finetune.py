@@ -4,6 +4,9 @@ from __future__ import annotations
 
 
 def parent_record(info) -> str:
-    """How a child checkpoint names its parent: ``"<sha256>:<file name>"``."""
-    name = info.path.name if info.path is not None else "<in-memory>"
-    return f"{info.content_hash}:{name}"
+    """How a child checkpoint names its parent: ``"<sha256>:<run folder>/<file name>"`` (the folder tells
+    which ``best.safetensors`` it was; the hash identifies it exactly)."""
+    if info.path is None:
+        return f"{info.content_hash}:<in-memory>"
+    folder = info.path.parent.name
+    return f"{info.content_hash}:{folder + '/' if folder else ''}{info.path.name}"
