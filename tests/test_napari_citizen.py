@@ -143,9 +143,12 @@ def test_no_folder_is_offered_to_our_plugin(kind, tmp_path, request):
     ``get_reader`` can decline, so claiming dataset folders would mean claiming
     every folder: even a real dataset folder is not claimed.
     """
-    from napari.plugins import _initialize_plugins, _npe2
+    from napari.plugins import _npe2
+    from npe2 import PluginManager
 
-    _initialize_plugins()  # what napari does at start-up
+    # the plugin discovery napari does at start-up (idempotent, unlike napari's _initialize_plugins,
+    # which fails when another test's viewer already registered the plugins' actions)
+    PluginManager.instance().discover(include_npe1=False)
     if kind == "zarr":
         folder = _zarr_folder(tmp_path / "image.zarr")
     elif kind == "tifs":

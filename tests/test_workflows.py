@@ -190,6 +190,24 @@ def test_predict_files_refuses_outputs_inside_inputs_or_their_dataset(trained, t
     assert res.n_ok == 3 and len(list((tmp_path / "ok" / "masks").iterdir())) == 3
 
 
+def test_output_beside_inputs_in_a_folder_of_image_folders_is_allowed(tmp_path):
+    """A parent that merely *looks* like one-folder-per-class (pytest's basetemp, a projects folder) is no dataset."""
+    from napari_mtunet.workflows.predict import check_output_folder
+
+    rng = np.random.default_rng(0)
+    for name in ("project_a", "project_b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / name / f"img{i}.png")
+    inputs = tmp_path / "project_c" / "in"
+    inputs.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(inputs / "x.png")
+    check_output_folder(tmp_path / "project_c" / "out", [inputs])  # no error
+    # a real class folder of that class-per-folder set is still protected
+    with pytest.raises(PredictFilesError, match="inside the dataset"):
+        check_output_folder(tmp_path / "preds", [tmp_path / "project_a"])
+
+
 def test_predict_files_reports_bad_files_and_keeps_going(trained, phantom, tmp_path):
     outcome, _ = trained
     ckpt = outcome.out_dir / "best.safetensors"

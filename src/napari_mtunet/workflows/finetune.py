@@ -54,7 +54,7 @@ class FinetuneOutcome:
 
     def summary(self) -> str:
         parts = []
-        for name, label in (("train", "on the corrected images trained on"), ("check", "on held-back corrections"),
+        for name, where in (("train", "on the corrected images trained on"), ("check", "on held-back corrections"),
                             ("base", "on the base model's held-out images")):
             m = self.metrics.get(name)
             if not m:
@@ -64,7 +64,7 @@ class FinetuneOutcome:
                 if key in m["before"] and key in m["after"]:
                     vals.append(f"{label} {m['before'][key]:.3f} → {m['after'][key]:.3f}")
             if vals:
-                parts.append(f"{label} (n={int(m['after']['n'])}): " + ", ".join(vals))
+                parts.append(f"{where} (n={int(m['after']['n'])}): " + ", ".join(vals))
         return "; ".join(parts)
 
 

@@ -111,10 +111,14 @@ def _dataset_root_of(folder: Path) -> Path | None:
 
     for candidate in [folder, *list(folder.parents)[:2]]:
         try:
-            _, root = detect_layout(candidate)
+            layout, root = detect_layout(candidate)
         except Exception:  # noqa: BLE001 - not a dataset here
             continue
         root = Path(root).resolve()
+        if layout == "folders" and folder != root and folder.parent != root:
+            # class-per-folder is only a guess (any folder of folders of images looks like one):
+            # it holds ``folder`` only when ``folder`` is the dataset or one of its class folders
+            continue
         if folder == root or root in folder.parents:
             return root
     return None
