@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from napari_mtunet.experiments import ExperimentSettings, paired_tests, plan_runs, run_experiment
+from napari_mtunet.experiments import ExperimentSettings, paired_tests, parse_ratios, plan_runs, run_experiment
 from napari_mtunet.sample_data import write_phantom_dataset
 
 
@@ -19,6 +19,17 @@ def test_plan_covers_the_paper_protocol():
     assert all(not r.skip and r.task == "both" for r in noskip)
     with pytest.raises(ValueError):
         ExperimentSettings(dataset="x", studies=["nope"])
+
+
+def test_weight_sweep_can_be_restricted_without_changing_the_experiment():
+    full = ExperimentSettings(dataset="x", encoders=["mobilenet_v2"], studies=["weights"], folds=3)
+    some = ExperimentSettings(dataset="x", encoders=["mobilenet_v2"], studies=["weights"], folds=3,
+                              weight_ratios=parse_ratios("1:1, 5:1,10:1"))
+    assert {r.variant for r in plan_runs(some)} == {"multi", "w1-1", "w10-1"}
+    assert full.fingerprint() == some.fingerprint()  # same experiment folder, more runs later
+    for bad in ("1:x", "", "2", "0:0"):
+        with pytest.raises(ValueError, match="ratio"):
+            ExperimentSettings(dataset="x", weight_ratios=parse_ratios(bad))
 
 
 def _res(enc, var, fold, **m):

@@ -256,7 +256,7 @@ def cmd_experiment(args) -> int:
         report = run_finetune_study(fs, Path(args.out), log=_say)
         _say(f"report: {report}")
         return 0
-    from .experiments import ExperimentSettings, run_experiment
+    from .experiments import ExperimentSettings, parse_ratios, run_experiment
 
     settings = ExperimentSettings(
         dataset=str(args.dataset),
@@ -277,6 +277,7 @@ def cmd_experiment(args) -> int:
         n_boot=args.n_boot,
         augment=not args.no_augment,
         only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None,
+        weight_ratios=parse_ratios(args.weight_ratios) if args.weight_ratios else None,
     )
     report = run_experiment(settings, Path(args.out), log=_say)
     _say(f"report: {report}")
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoders", default="vgg16,mobilenet_v2")
     p.add_argument("--studies", default="baselines,ablation,weights",
                    help="comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights (sweep)")
+    p.add_argument("--weight-ratios", default=None,
+                   help="weights study: the w_seg:w_cls ratios to sweep, e.g. 1:1,2:1 (default: 1:1,2:1,10:1,1:2,1:5,1:10)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--only-folds", default=None,
                    help="run only these folds now, e.g. 0,1,2 (several processes can share one --out)")

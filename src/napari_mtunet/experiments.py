@@ -68,6 +68,8 @@ class ExperimentSettings:
     val_fraction: float = _D.data.val_fraction
     #: Run only these folds now (None: all); the report covers every finished run.
     only_folds: list[int] | None = None
+    #: The ``weights`` study's w_seg:w_cls ratios (None: all of ``WEIGHT_SWEEP``).
+    weight_ratios: list[tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.studies if s not in STUDIES]
@@ -77,11 +79,14 @@ class ExperimentSettings:
             raise ValueError("no encoders given")
         if self.folds < 2:
             raise ValueError(f"--folds must be >= 2, got {self.folds}")
+        for ws, wc in self.weight_ratios or []:
+            if ws < 0 or wc < 0 or ws + wc == 0:
+                raise ValueError(f"bad task-weight ratio {ws:g}:{wc:g}; both must be >= 0 and not both 0")
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings that change results (a resumed experiment must match them)."""
         d = asdict(self)
-        for k in ("encoders", "studies", "device", "n_boot", "only_folds"):
+        for k in ("encoders", "studies", "device", "n_boot", "only_folds", "weight_ratios"):
             d.pop(k)
         d["dataset"] = str(Path(self.dataset).resolve())
         return d
@@ -102,6 +107,22 @@ class RunSpec:
         return f"{self.encoder}/{self.variant}/fold{self.fold}"
 
 
+def parse_ratios(text: str) -> list[tuple[float, float]]:
+    """``"1:1,2:1"`` -> ``[(1.0, 1.0), (2.0, 1.0)]``; a clear ValueError otherwise."""
+    out = []
+    for part in (t.strip() for t in text.split(",")):
+        if not part:
+            continue
+        try:
+            ws, wc = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise ValueError(f"bad task-weight ratio {part!r}; write w_seg:w_cls, e.g. 1:1,2:1") from None
+        out.append((ws, wc))
+    if not out:
+        raise ValueError("no task-weight ratios given; write w_seg:w_cls, e.g. 1:1,2:1")
+    return out
+
+
 def _ratio_name(ws: float, wc: float) -> str:
     return f"w{ws:g}-{wc:g}"
 
@@ -118,7 +139,7 @@ def plan_runs(settings: ExperimentSettings) -> list[RunSpec]:
         if "ablation" in settings.studies:
             runs += [RunSpec(enc, "multi_noskip", f, "both", 5, 1, skip=False) for f in range(settings.folds)]
         if "weights" in settings.studies:
-            for ws, wc in WEIGHT_SWEEP:
+            for ws, wc in settings.weight_ratios or WEIGHT_SWEEP:
                 if (ws, wc) == (5, 1):
                     continue
                 runs += [RunSpec(enc, _ratio_name(ws, wc), f, "both", ws, wc) for f in range(settings.folds)]
