@@ -72,6 +72,15 @@ def test_tiny_experiment_end_to_end_and_resume(tmp_path):
     run_experiment(s, out, log=logs2.append)
     assert sum("done already" in line for line in logs2) == 6
     assert not any("training" in line for line in logs2)
+    # a run another process has claimed is skipped, not trained twice into the same folder
+    from filelock import FileLock
+
+    (out / "runs" / "mobilenet_v2" / "seg_only" / "fold1" / "result.json").unlink()
+    with FileLock(str(out / "runs" / "mobilenet_v2" / "seg_only" / ".fold1.lock")):
+        logs3 = []
+        run_experiment(s, out, log=logs3.append)
+    assert any("seg_only/fold1: being trained by another process" in line for line in logs3)
+    assert not any("training" in line for line in logs3)
     # different settings in the same folder are refused
     s2 = ExperimentSettings(**{**json.loads((out / "settings.json").read_text())["settings"], "epochs": 2})
     with pytest.raises(ValueError, match="different settings"):

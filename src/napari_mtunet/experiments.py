@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from .config import RunConfig
 
@@ -179,8 +180,22 @@ def run_experiment(settings: ExperimentSettings, out: Path, log: Callable[[str],
         if (run_dir / "result.json").is_file():
             log(f"[{i}/{len(runs)}] {spec.key}: done already")
             continue
-        log(f"[{i}/{len(runs)}] {spec.key}: training ({time.perf_counter() - t0:.0f}s elapsed)")
-        res = _run_one(spec, settings, loaded, folds[spec.fold], run_dir, store, log)
+        # several processes may share one --out: a run another process is training is skipped, not redone
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        claim = FileLock(str(run_dir.parent / f".fold{spec.fold}.lock"))
+        try:
+            claim.acquire(timeout=0)
+        except Timeout:
+            log(f"[{i}/{len(runs)}] {spec.key}: being trained by another process, skipped")
+            continue
+        try:
+            if (run_dir / "result.json").is_file():  # finished while we waited for the claim
+                log(f"[{i}/{len(runs)}] {spec.key}: done already")
+                continue
+            log(f"[{i}/{len(runs)}] {spec.key}: training ({time.perf_counter() - t0:.0f}s elapsed)")
+            res = _run_one(spec, settings, loaded, folds[spec.fold], run_dir, store, log)
+        finally:
+            claim.release()
         log(
             f"[{i}/{len(runs)}] {spec.key}: "
             + ", ".join(f"{k}={res['metrics'][k]:.3f}" for k in ("accuracy", "dice") if res["metrics"].get(k) is not None)
