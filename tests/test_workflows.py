@@ -199,13 +199,22 @@ def test_output_beside_inputs_in_a_folder_of_image_folders_is_allowed(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(2):
             Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / name / f"img{i}.png")
+    # an ISIC dataset somewhere below: layouts that search the whole tree "find" it from tmp_path too
+    isic = tmp_path / "other" / "isic"
+    isic.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(isic / "ISIC_0000001.jpg")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(isic / "ISIC_0000001_segmentation.png")
     inputs = tmp_path / "project_c" / "in"
     inputs.mkdir(parents=True)
     Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(inputs / "x.png")
     check_output_folder(tmp_path / "project_c" / "out", [inputs])  # no error
-    # a real class folder of that class-per-folder set is still protected
+    # a class folder of a one-folder-per-class dataset is still protected
+    classes = tmp_path / "classes"
+    for name in ("benign", "malignant"):
+        (classes / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(classes / name / "a.png")
     with pytest.raises(PredictFilesError, match="inside the dataset"):
-        check_output_folder(tmp_path / "preds", [tmp_path / "project_a"])
+        check_output_folder(classes / "preds", [classes / "benign"])
 
 
 def test_predict_files_reports_bad_files_and_keeps_going(trained, phantom, tmp_path):

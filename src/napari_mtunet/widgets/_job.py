@@ -124,6 +124,10 @@ class StatusLabel(WrapLabel):
     def plain_text(self) -> str:
         return super().text().replace("\u200b", "")
 
+    def text(self) -> str:
+        """The text as set (what a caller reads back), without the invisible wrap points."""
+        return self.plain_text()
+
 
 class JobWidget(QWidget):
     """Base of the dock widgets: a scrolling body, a status line, and one job at a time."""

@@ -106,8 +106,14 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _dataset_root_of(folder: Path) -> Path | None:
-    """The dataset (any known layout) that ``folder`` belongs to, looking up to two levels above it."""
-    from ..data.layouts import detect_layout
+    """The dataset (any known layout) that ``folder`` belongs to, looking up to two levels above it.
+
+    A layout found at a parent counts only when that dataset really holds files
+    of ``folder``: several layouts search their whole tree (an ISIC or SIIM
+    dataset anywhere below a projects folder makes the projects folder "look"
+    like one), and class-per-folder is a guess about any folder of folders.
+    """
+    from ..data.layouts import detect_layout, load_layout
 
     for candidate in [folder, *list(folder.parents)[:2]]:
         try:
@@ -115,12 +121,21 @@ def _dataset_root_of(folder: Path) -> Path | None:
         except Exception:  # noqa: BLE001 - not a dataset here
             continue
         root = Path(root).resolve()
-        if layout == "folders" and folder != root and folder.parent != root:
-            # class-per-folder is only a guess (any folder of folders of images looks like one):
-            # it holds ``folder`` only when ``folder`` is the dataset or one of its class folders
+        if not (folder == root or root in folder.parents):
             continue
-        if folder == root or root in folder.parents:
+        if folder == root:
             return root
+        try:
+            samples = load_layout(layout, root).samples
+        except Exception:  # noqa: BLE001 - unreadable: not a dataset that holds these inputs
+            continue
+        for smp in samples:
+            for f in (smp.image, *smp.masks):
+                try:
+                    if Path(f).resolve().is_relative_to(folder):
+                        return root
+                except (OSError, ValueError):
+                    continue
     return None
 
 
