@@ -541,8 +541,9 @@ def _figures(out: Path, settings, loaded, results, pooled) -> list[tuple[str, st
                 axes[0].plot(ep, [x.get("val_dice") for x in h], color=colors[v], alpha=0.7, label=lab)
             if any("val_accuracy" in x for x in h):
                 axes[1].plot(ep, [x.get("val_balanced_accuracy") for x in h], color=colors[v], alpha=0.7, label=lab)
-        axes[0].set_title(f"{enc}: validation Dice per epoch (each line = one fold)")
-        axes[1].set_title(f"{enc}: validation balanced accuracy")
+        axes[0].set_title("validation Dice per epoch", fontsize=10)
+        axes[1].set_title("validation balanced accuracy per epoch", fontsize=10)
+        fig.suptitle(f"{enc} (each line is one fold)", fontsize=10)
         for ax in axes:
             ax.set_xlabel("epoch")
             ax.legend(fontsize=8)
@@ -561,13 +562,14 @@ def _figures(out: Path, settings, loaded, results, pooled) -> list[tuple[str, st
         for ax, (v, c) in zip(axes[0], cms):
             cm = np.array(c["confusion_matrix"])
             ax.imshow(cm, cmap="Blues")
-            for (i, j), val in np.ndenumerate(cm):
-                ax.text(j, i, str(val), ha="center", va="center", color="black")
+            for (i, j), val in np.ndenumerate(cm):  # dark cells get white numbers
+                ax.text(j, i, str(val), ha="center", va="center", color="white" if val > 0.6 * cm.max() else "black")
             ax.set_xticks(range(len(c["class_names"])), c["class_names"], rotation=30)
             ax.set_yticks(range(len(c["class_names"])), c["class_names"])
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
-            ax.set_title(f"{enc} {v} (out-of-fold)")
+            ax.set_title(f"{v} (out-of-fold)")
+        fig.suptitle(enc)
         fig.tight_layout()
         name = f"confusion_{enc}.png"
         fig.savefig(out / name, dpi=100)
@@ -634,7 +636,7 @@ def _examples(out: Path, enc: str, ckpt: Path, loaded) -> list[tuple[str, str]]:
     cams = grad_cam(model, x)
     names = loaded.class_names
     k = len(ds)
-    fig, axes = plt.subplots(2, k, figsize=(2.5 * k, 5.4), squeeze=False)
+    fig, axes = plt.subplots(2, k, figsize=(2.5 * k, 5.8), squeeze=False)
     for j in range(k):
         img = x[j].permute(1, 2, 0).numpy()
         truth = ds[j]["mask"][0].numpy()
@@ -649,10 +651,10 @@ def _examples(out: Path, enc: str, ckpt: Path, loaded) -> list[tuple[str, str]]:
         b = axes[1, j]
         b.imshow(img)
         b.imshow(cams[j], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        b.set_title("Grad-CAM (predicted class)", fontsize=8)
+        b.set_title("Grad-CAM, predicted class", fontsize=8, pad=3)
         b.axis("off")
     fig.suptitle(f"{enc} multi-task, fold 0 test images: green = truth, red = predicted mask", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     name = f"examples_gradcam_{enc}.png"
     fig.savefig(out / name, dpi=100)
     plt.close(fig)
