@@ -99,3 +99,73 @@ def test_training_chooses_postprocessing_on_validation_and_stores_it(tmp_path):
     _, info = load_checkpoint(outcome.best_checkpoint)  # the re-saved checkpoint is intact (hashes verified)
     assert info.postprocessing.min_lesion_fraction in MIN_LESION_FRACTIONS
     assert outcome.run.postprocessing == info.postprocessing
+
+
+def test_consistent_class_probabilities_follow_the_mask():
+    from napari_mtunet.postprocess import consistent_class_probabilities
+
+    p = np.array([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3], [0.0, 0.0, 1.0]], np.float32)
+    out = consistent_class_probabilities(p, np.array([False, True, True]), 2)
+    np.testing.assert_allclose(out[0], [0, 0, 1])  # no lesion: the no-lesion class
+    np.testing.assert_allclose(out[1], [0.2 / 0.7, 0.5 / 0.7, 0], rtol=1e-6)  # a lesion: never that class
+    np.testing.assert_allclose(out[2], [0.5, 0.5, 0])  # the classifier gave the others nothing: equal shares
+    np.testing.assert_allclose(out.sum(1), 1, rtol=1e-6)
+    np.testing.assert_allclose(consistent_class_probabilities(p[0], False, 0), [1, 0, 0])  # one image
+    assert p[0, 2] == np.float32(0.3)  # the input is not modified
+
+
+class _Scans(torch.utils.data.Dataset):
+    """Half the images hold a lesion (class 0), half are empty (class 1, "normal"), as in BUSI."""
+
+    def __init__(self, n=8, lesion_in_both=False):
+        self.n, self.lesion_in_both = n, lesion_in_both
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        label = i % 2
+        img = _blobs(64) if (label == 0 or self.lesion_in_both) else np.zeros((64, 64), np.uint8)
+        x = torch.from_numpy(np.repeat(img[None], 3, 0)).float() / 255
+        return {"image": x, "mask": torch.from_numpy(img[None] > 0).float(), "label": torch.tensor(label),
+                "has_mask": True, "has_label": True, "index": i}
+
+
+def test_calibration_makes_the_heads_agree_only_when_it_helps_on_validation():
+    from napari_mtunet.training import predict_dataset
+    from napari_mtunet.workflows.calibrate import calibrate_postprocessing
+
+    net = EchoNet().eval()  # its classifier always says class_0; its mask is the image
+    cal = calibrate_postprocessing(net, _Scans(), "cpu")
+    assert cal.chosen.no_lesion_class == "class_1"
+    assert cal.no_lesion_trial == ("class_1", 0.5, 1.0) and "class 'class_1' exactly when no lesion" in cal.describe()
+    preds = predict_dataset(net, _Scans(), postprocessing=cal.chosen)  # evaluation applies it
+    assert (preds.probabilities.argmax(1) == preds.labels).all()
+    # no class whose masks are all empty: nothing to agree on
+    assert calibrate_postprocessing(net, _Scans(lesion_in_both=True), "cpu").chosen.no_lesion_class is None
+
+
+def test_predictor_reports_the_agreed_class_in_whole_image_modes():
+    from napari_mtunet.inference import Predictor
+
+    p = Predictor(EchoNet().eval(), device="cpu", tile_size=64)
+    p.postprocessing = Postprocessing(no_lesion_class="class_1")
+    blank, lesion = p.predict(np.zeros((64, 64), np.uint8), mode="native"), p.predict(_blobs(64), mode="native")
+    assert blank.class_name == "class_1" and blank.class_probabilities.tolist() == [0.0, 1.0] and not blank.mask.any()
+    assert lesion.class_name == "class_0" and lesion.class_probabilities[1] == 0.0
+    # tiled prediction of a large image leaves the classifier's own answer
+    assert p.predict(np.zeros((128, 128), np.uint8), mode="tiled").class_name == "class_0"
+
+
+def test_no_lesion_class_must_be_a_class_of_a_two_headed_model():
+    from napari_mtunet.config import ConfigError, RunConfig
+
+    model = ModelConfig(encoder_weights=None).with_classes(["benign", "malignant", "normal"])
+    assert RunConfig(model=model, postprocessing=Postprocessing(no_lesion_class="normal"))
+    with pytest.raises(ConfigError, match="not one of the model's classes"):
+        RunConfig(model=model, postprocessing=Postprocessing(no_lesion_class="healthy"))
+    with pytest.raises(ConfigError, match="needs both heads"):
+        RunConfig(model=ModelConfig(encoder_weights=None, task="seg").with_classes(["a", "b"]),
+                  postprocessing=Postprocessing(no_lesion_class="a"))
+    with pytest.raises(ConfigError, match="no_lesion_class"):
+        Postprocessing(no_lesion_class=" ")

@@ -526,10 +526,19 @@ class Postprocessing(_Dict):
     min_lesion_fraction: float = 0.0
     #: Average the outputs of the image and its left-right mirror (test-time augmentation).
     hflip_tta: bool = False
+    #: The class that means "no lesion" (BUSI's ``normal``), when the two heads are made to agree: an
+    #: image whose final mask is empty gets this class, one with a lesion never does (the class
+    #: probabilities are restricted to the classes consistent with the mask and renormalised).  Chosen
+    #: on the validation split only when that class's masks are all empty there and it raises the
+    #: validation balanced accuracy (whole-image modes; not in tiled prediction).
+    no_lesion_class: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= _finite("min_lesion_fraction", self.min_lesion_fraction) <= 0.5:
             raise ConfigError(f"min_lesion_fraction must be in [0, 0.5], got {self.min_lesion_fraction}")
+        if self.no_lesion_class is not None and (not isinstance(self.no_lesion_class, str)
+                                                 or not self.no_lesion_class.strip()):
+            raise ConfigError(f"no_lesion_class must be a class name or null, got {self.no_lesion_class!r}")
 
 
 # --------------------------------------------------------------------------- the run
@@ -571,6 +580,13 @@ class RunConfig(_Dict):
             raise ConfigError("task 'seg' trains only the segmentation loss: w_seg must be > 0")
         if task == "cls" and t.w_cls <= 0:
             raise ConfigError("task 'cls' trains only the classification loss: w_cls must be > 0")
+        nl = self.postprocessing.no_lesion_class
+        if nl is not None:
+            if task != "both":
+                raise ConfigError(f"postprocessing.no_lesion_class needs both heads (task 'both'), not task {task!r}")
+            if self.model.class_names and nl not in self.model.class_names:
+                raise ConfigError(f"postprocessing.no_lesion_class {nl!r} is not one of the model's classes "
+                                  f"{self.model.class_names}")
 
     # ------------------------------------------------------------------ derived values
 

@@ -37,7 +37,7 @@ from .checkpoint import CheckpointInfo, info_for_model
 from .config import Postprocessing
 from .device import resolve_device
 from .postprocess import forward as forward_with_tta
-from .postprocess import remove_small_lesions
+from .postprocess import consistent_class_probabilities, no_lesion_index, remove_small_lesions
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
 
 MODES = ("auto", "resize", "native", "tiled")
@@ -264,6 +264,9 @@ class Predictor:
                 mask = prob.argmax(axis=0).astype(np.uint8)
                 fg = prob.max(axis=0).astype(np.float32)
         idx = name = None
+        nl = no_lesion_index(self.postprocessing, self.class_names)
+        if cls_prob is not None and nl is not None and mask is not None and prob.ndim == 2 and mode != "tiled":
+            cls_prob = consistent_class_probabilities(cls_prob, bool(mask.any()), nl)  # the heads agree
         if cls_prob is not None:
             idx = int(np.argmax(cls_prob))
             name = self.class_names[idx] if idx < len(self.class_names) else str(idx)

@@ -32,6 +32,39 @@ def remove_small_lesions(mask: np.ndarray, min_fraction: float) -> np.ndarray:
     return out[0] if single else out
 
 
+def consistent_class_probabilities(probabilities: np.ndarray, has_lesion: np.ndarray | bool,
+                                   no_lesion_index: int) -> np.ndarray:
+    """Make the class agree with the mask: ``(N, C)`` (or ``(C,)``) probabilities restricted to the classes
+    consistent with each image's final mask and renormalised.
+
+    No lesion in the mask: all probability goes to ``no_lesion_index``.  A lesion: that class gets 0 and
+    the others keep their proportions (equal shares if the classifier gave them nothing).
+    """
+    p = np.array(probabilities, dtype=np.float32, copy=True)
+    single = p.ndim == 1
+    p2 = p[None] if single else p
+    lesion = np.atleast_1d(np.asarray(has_lesion, dtype=bool))
+    c = int(no_lesion_index)
+    p2[~lesion] = 0.0
+    p2[~lesion, c] = 1.0
+    rest = p2[lesion]
+    rest[:, c] = 0.0
+    total = rest.sum(axis=1, keepdims=True)
+    others = np.ones(p2.shape[1], dtype=np.float32)
+    others[c] = 0.0
+    rest = np.where(total > 0, rest / np.where(total > 0, total, 1.0), others / max(1.0, others.sum()))
+    p2[lesion] = rest
+    return p2[0] if single else p2
+
+
+def no_lesion_index(postprocessing: Any, class_names: list[str] | None) -> int | None:
+    """The index of ``postprocessing.no_lesion_class`` among ``class_names`` (None: rule off)."""
+    name = getattr(postprocessing, "no_lesion_class", None)
+    if not name or not class_names or name not in class_names:
+        return None
+    return list(class_names).index(name)
+
+
 def forward(model: Any, x: torch.Tensor, *, hflip_tta: bool = False):
     """The model's outputs for ``x``; with ``hflip_tta`` the logits of ``x`` and its mirror are averaged."""
     out = model(x)

@@ -39,9 +39,10 @@ def predict_dataset(
     :class:`~napari_mtunet.config.Postprocessing`) applies test-time augmentation and small-lesion
     removal exactly as the Predictor does."""
     from ..device import resolve_device
-    from ..postprocess import forward, remove_small_lesions
+    from ..postprocess import consistent_class_probabilities, forward, no_lesion_index, remove_small_lesions
 
     tta = bool(getattr(postprocessing, "hflip_tta", False))
+    nl = no_lesion_index(postprocessing, list(getattr(getattr(model, "config", None), "class_names", None) or []))
     min_fraction = float(getattr(postprocessing, "min_lesion_fraction", 0.0) or 0.0)
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
@@ -56,11 +57,15 @@ def predict_dataset(
         labels.append(batch["label"].numpy().reshape(-1))
         has_label.append(np.asarray(batch.get("has_label", torch.ones(n))).astype(bool).reshape(-1))
         has_mask.append(np.asarray(batch.get("has_mask", torch.ones(n))).astype(bool).reshape(-1))
-        if out.cls is not None:
-            probs.append(out.class_probabilities().cpu().numpy())
+        cls_p = out.class_probabilities().cpu().numpy() if out.cls is not None else None
         if out.seg is not None:
-            pmask.append(remove_small_lesions(out.masks(threshold).cpu().numpy(), min_fraction))
+            pm = remove_small_lesions(out.masks(threshold).cpu().numpy(), min_fraction)
+            pmask.append(pm)
             tmask.append(batch["mask"][:, 0].numpy() > 0.5)
+            if cls_p is not None and nl is not None:  # the heads agree, as in the Predictor
+                cls_p = consistent_class_probabilities(cls_p, pm.reshape(n, -1).any(axis=1), nl)
+        if cls_p is not None:
+            probs.append(cls_p)
     cat = lambda xs: np.concatenate(xs) if xs else None  # noqa: E731
     return DatasetPredictions(
         index=cat(idx),
