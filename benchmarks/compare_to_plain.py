@@ -40,19 +40,25 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="an `mtunet experiment` --out folder")
-    p.add_argument("plain", help="the JSON written by plain_smp_loop.py")
+    p.add_argument("plain", nargs="+", help="the JSON(s) written by plain_smp_loop.py (folds are merged)")
     p.add_argument("--encoder", default="timm-tf_efficientnet_lite0")
     p.add_argument("--variants", default="multi,seg_only,cls_only")
+    p.add_argument("--rescored", action="store_true",
+                   help="use the 'after' scores of rescore_experiment.py (rescore.json) where it has them")
     a = p.parse_args(argv)
 
-    plain = {r["fold"]: r for r in json.loads(Path(a.plain).read_text())["folds"]}
+    plain = {r["fold"]: r for f in a.plain for r in json.loads(Path(f).read_text())["folds"]}
+    rescored = {}
+    if a.rescored and (Path(a.experiment) / "rescore.json").is_file():
+        rescored = {r["run"]: r["after"] for r in json.loads((Path(a.experiment) / "rescore.json").read_text())}
     print("| project run | metric | folds | project | plain loop | difference [95% CI] | p |")
     print("|---|---|---|---|---|---|---|")
     for variant in [v.strip() for v in a.variants.split(",") if v.strip()]:
         runs = {}
         for f in sorted((Path(a.experiment) / "runs" / a.encoder / variant).glob("fold*/result.json")):
             r = json.loads(f.read_text())
-            runs[r["spec"]["fold"]] = r["metrics"]
+            run = str(f.parent.relative_to(Path(a.experiment)))
+            runs[r["spec"]["fold"]] = {**r["metrics"], **rescored.get(run, {})}
         folds = sorted(set(runs) & set(plain))
         if not folds:
             print(f"| {variant} | (no fold in common) | | | | | |")
