@@ -412,7 +412,7 @@ def _plot(out: Path, settings: FinetuneStudySettings, table: dict) -> str | None
         base = [table[(shift, k)][0] for k in ks]
         child = [table[(shift, k)][1] for k in ks]
         line, = ax.plot(ks, child, "o-", label=f"{shift}: fine-tuned")
-        ax.plot(ks, base, "--", color=line.get_color(), alpha=0.6, label=f"{shift}: base")
+        ax.plot(ks, base, "x--", color=line.get_color(), alpha=0.6, label=f"{shift}: base")
     ax.set_xlabel("k corrected images")
     ax.set_ylabel("per-image Dice, rest of B")
     ax.set_xticks(settings.ks)
