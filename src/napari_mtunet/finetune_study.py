@@ -3,8 +3,9 @@
 Protocol (documented, seeded, runs on any labelled dataset):
 
 1. Split the dataset (grouped by patient / duplicate cluster, stratified by
-   class) into part **A** (60%: the base model's data) and part **B** (40%:
-   a "new scanner").
+   class) into part **A** (the base model's data) and part **B** (a "new
+   scanner"; ``b_fraction`` 0.4, rounded to whole grouped folds: 150 + 150 of
+   BUSI's 300 images).
 2. Train a base model on A with the project's recipe (or take one given
    with ``--base``; it must have been trained on A's images), keeping A's own
    held-out test part for measuring forgetting.
@@ -361,9 +362,14 @@ def _ci(values: list[float]) -> tuple[float, float, float]:
 def write_finetune_report(out: Path, settings: FinetuneStudySettings, log: Callable[[str], None] = print) -> Path:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] \
         if (out / "results.jsonl").is_file() else []
+    parts_file = out / "data" / "parts.json"
+    parts = json.loads(parts_file.read_text()) if parts_file.is_file() else {}
+    sizes = (f"part A {parts['A']} images, part B {parts['B']} images (asked for {settings.b_fraction:.0%}; "
+             "rounded to whole grouped folds)" if "A" in parts and "B" in parts
+             else f"part B = {settings.b_fraction:.0%} of the images")
     lines = ["# Fine-tuning on a few corrections: measured\n",
              f"Dataset `{settings.dataset}`; base model {settings.base or settings.encoder} trained on part A; "
-             f"part B = {settings.b_fraction:.0%} of the images as a new scanner. Fine-tune settings: "
+             f"{sizes} as a new scanner. Fine-tune settings: "
              f"`{json.dumps(settings.finetune_config().to_dict())}`. Differences are child - base, mean over "
              f"{settings.repeats} repeat(s) with 95% t-intervals.\n",
              "| shift | k | Dice rest of B: base -> child | ΔDice B [95% CI] | Δbal. acc. B [95% CI] | ΔDice A (forgetting) | fine-tune s |",
