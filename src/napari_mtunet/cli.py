@@ -180,7 +180,7 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     from .workflows import iter_finetune
 
-    d = (F.for_new_scanner() if args.new_scanner else F).to_dict()
+    d = F.to_dict()
     for key in ("lr", "batch_size", "steps_per_sample", "encoder_lr_scale", "replay_ratio", "check_fraction",
                 "device", "seed"):
         if getattr(args, key, None) is not None:
@@ -411,10 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-fraction", type=float, default=None,
                    help=_h("fraction of the new samples held back to check before/after", F.check_fraction))
     p.add_argument("--train-bn", action="store_true", help="update BatchNorm statistics (default: keep the base model's)")
-    p.add_argument("--new-scanner", action="store_true",
-                   help="corrections from a scanner whose images look different: --train-bn with replay 2:1 "
-                        "(more gain there, about -0.05 Dice on the old scanner; docs/results.md); "
-                        "other options still override")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -502,12 +502,6 @@ class FinetuneConfig(_Dict):
         if not 0 <= _finite("replay_ratio", self.replay_ratio) <= 100:
             raise ConfigError(f"replay_ratio must be in [0, 100], got {self.replay_ratio}")
 
-    def for_new_scanner(self) -> FinetuneConfig:
-        """These settings adapted to corrections from a scanner whose images look different: BatchNorm
-        statistics follow the new images, with twice the replay.  Measured in docs/results.md (fine-tuning
-        study): larger gains on the new scanner, about -0.05 Dice on the old one."""
-        return dataclasses.replace(self, freeze_bn=False, replay_ratio=max(2.0, float(self.replay_ratio)))
-
     def n_check(self, n_new: int) -> int:
         """How many of ``n_new`` samples are held back for the before/after check."""
         if self.check_fraction <= 0 or n_new < int(self.min_check) + 2:
