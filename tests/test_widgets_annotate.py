@@ -176,7 +176,6 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     meta = read_metadata(child)
     assert meta["parent"] and meta["parent"].startswith(read_metadata(tiny_checkpoint)["content_hash"])
     assert meta["class_names"] == CLASSES
-    assert meta["training"]["finetune"]["config"]["freeze_bn"] is True  # default: the old scanner's statistics kept
     assert pw.checkpoint.value == str(child) and state_for(viewer).checkpoint == str(child)
     assert "train" in w.metrics and {"before", "after"} <= set(w.metrics["train"])
     assert "→" in w.metrics_label.plain_text()
@@ -187,13 +186,6 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     wait_idle(qtbot, pw)
     new = viewer.layers[f"scan [{child.parent.name}/{child.stem}]"]
     assert layer_meta.read(new.metadata).model["hash"] == meta["content_hash"][:len(layer_meta.read(new.metadata).model["hash"])]
-    # "new scanner": the next fine-tune adapts the BatchNorm statistics
-    w.train_bn.setChecked(True)
-    click(qtbot, w.finetune_button)
-    wait_idle(qtbot, w)
-    assert errors == [], errors
-    assert Path(w.child_checkpoint) != child
-    assert read_metadata(w.child_checkpoint)["training"]["finetune"]["config"]["freeze_bn"] is False
 
 
 def test_annotate_refuses_an_image_that_is_not_the_labels_source(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path,

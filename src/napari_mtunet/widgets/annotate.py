@@ -62,12 +62,6 @@ class AnnotateWidget(JobWidget):
 
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model to fine-tune (default: the one that predicted)")
         self.device = DeviceCombo()
-        self.train_bn = QCheckBox("new scanner: adapt BatchNorm statistics")
-        self.train_bn.setToolTip(
-            "For corrections from a scanner whose images look different (brightness, contrast, blur): the model's "
-            "normalisation statistics follow the new images. In the fine-tuning study (docs/results.md) this gave "
-            "+0.05 to +0.13 Dice on the new scanner with 10 corrections, and about -0.05 on the old one; off, the "
-            "old scanner's results stay as they were and the gain is smaller.")
         self.finetune_button = QPushButton("Fine-tune")
         self.progress = QProgressBar()
         self.progress.setFormat("step %v/%m")
@@ -97,7 +91,6 @@ class AnnotateWidget(JobWidget):
         f = QFormLayout(ft)
         f.addRow("Model", self.checkpoint)
         f.addRow("Device", self.device)
-        f.addRow("", self.train_bn)
         cfg = FinetuneConfig()
         f.addRow(WrapLabel(
             f"{cfg.steps_per_sample:g} steps per corrected image ({cfg.min_steps}-{cfg.max_steps}), replay of the "
@@ -323,7 +316,7 @@ class AnnotateWidget(JobWidget):
                 raise ValueError(f"the training-set folder {root} has no samples yet: add some first")
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path(root) / "models" / f"finetune-{stamp}"
-            cfg = FinetuneConfig(device=self.device.currentText(), freeze_bn=not self.train_bn.isChecked())
+            cfg = FinetuneConfig(device=self.device.currentText())
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot fine-tune")
             return None
