@@ -54,3 +54,12 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     logs.clear()
     run_finetune_study(settings, out, log=logs.append)
     assert not any("k=2" in line for line in logs)
+    # other fine-tune settings in the same folder are refused (their results would be mixed with these)
+    import dataclasses
+
+    import pytest
+
+    other = dataclasses.replace(settings, config={**settings.config, "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings .*config"):
+        run_finetune_study(other, out, log=logs.append)
+    assert json.loads((out / "study.json").read_text())["config"] == settings.config  # not overwritten

@@ -272,6 +272,17 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # a study resumes (finished fine-tunes are kept) only with the same data, base and fine-tune settings;
+    # shifts, ks and repeats may grow
+    same = ("dataset", "layout", "b_fraction", "encoder", "encoder_weights", "base_epochs", "image_size", "base",
+            "config", "seed")
+    if (out / "study.json").is_file():
+        old = json.loads((out / "study.json").read_text())
+        now = json.loads(json.dumps(asdict(settings)))
+        differ = [k for k in same if old.get(k) != now.get(k)]
+        if differ:
+            raise ValueError(f"{out} holds a fine-tuning study with other settings ({', '.join(differ)}); "
+                             "use another --out")
     (out / "study.json").write_text(json.dumps(asdict(settings), indent=1))
     _materialise(settings, out, log)
     base = _base_model(settings, out, log)
