@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     folds = json.loads((exp / "folds.json").read_text())["splits"]
     rows = []
     for variant in [v.strip() for v in a.variants.split(",") if v.strip()]:
-        for ck in sorted(exp.glob(f"runs/*/{variant}/fold*/best.safetensors")):
+        # finished runs only (a run still training, or killed, has a best.safetensors but no result.json)
+        for ck in sorted(r.parent / "best.safetensors" for r in exp.glob(f"runs/*/{variant}/fold*/result.json")):
             k = int(ck.parent.name.removeprefix("fold"))
             model, info = load_checkpoint(ck, device="cpu")
             part = {name: SampleDataset([by_key[key] for key in folds[k][name]], names, info.run.preprocessing,
