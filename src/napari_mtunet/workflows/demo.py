@@ -101,7 +101,7 @@ def _figure(path: Path, ds: Any, preds: Any, class_names: list[str], history: li
     import numpy as np
 
     k = min(6, len(ds))
-    fig, axes = plt.subplots(1, k + 1, figsize=(2.4 * (k + 1), 2.8))
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.4 * (k + 1), 3.1))
     for j in range(k):
         ax = axes[j]
         item = ds[j]
@@ -121,6 +121,6 @@ def _figure(path: Path, ds: Any, preds: Any, class_names: list[str], history: li
     ax.set_xlabel("epoch")
     ax.legend(fontsize=7)
     fig.suptitle("mtunet demo (synthetic phantom): green = truth, red = prediction", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))  # room for the title above the panels' own titles
     fig.savefig(path, dpi=110)
     plt.close(fig)
