@@ -37,8 +37,9 @@ class Calibration:
     def describe(self) -> str:
         best = max(self.table, key=lambda r: r[2])
         plain = next(r for r in self.table if r[0] == 0.0 and not r[1])
-        text = (f"post-processing chosen on {self.n_images} validation images: remove lesions < "
-                f"{self.chosen.min_lesion_fraction:.2%} of the image"
+        size = (f"remove lesions < {self.chosen.min_lesion_fraction:.2%} of the image"
+                if self.chosen.min_lesion_fraction > 0 else "no small-lesion filter")
+        text = (f"post-processing chosen on {self.n_images} validation images: {size}"
                 + (", left-right test-time augmentation" if self.chosen.hflip_tta else "")
                 + f" (validation Dice {plain[2]:.3f} -> {best[2]:.3f})")
         if self.no_lesion_trial is not None:
