@@ -126,6 +126,13 @@ class FinetuneStudySettings:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **self.config})  # validate early
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings that change results (a resumed study must match them; shifts, ks and repeats may grow)."""
+        d = json.loads(json.dumps(asdict(self)))  # as study.json stores it (tuples become lists)
+        for k in ("shifts", "ks", "repeats", "device"):
+            d.pop(k)
+        return d
+
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), "device": self.device, "check_fraction": 0.0,
                                          "base_check_images": 0, **self.config})
@@ -272,14 +279,11 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # a study resumes (finished fine-tunes are kept) only with the same data, base and fine-tune settings;
-    # shifts, ks and repeats may grow
-    same = ("dataset", "layout", "b_fraction", "encoder", "encoder_weights", "base_epochs", "image_size", "base",
-            "config", "seed")
+    # a study resumes (finished fine-tunes are kept) only with the same data, base and fine-tune settings
     if (out / "study.json").is_file():
         old = json.loads((out / "study.json").read_text())
-        now = json.loads(json.dumps(asdict(settings)))
-        differ = [k for k in same if old.get(k) != now.get(k)]
+        now = settings.fingerprint()
+        differ = [k for k in now if old.get(k) != now[k]]
         if differ:
             raise ValueError(f"{out} holds a fine-tuning study with other settings ({', '.join(differ)}); "
                              "use another --out")

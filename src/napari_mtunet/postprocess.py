@@ -65,6 +65,20 @@ def no_lesion_index(postprocessing: Any, class_names: list[str] | None) -> int |
     return list(class_names).index(name)
 
 
+def describe_postprocessing(pp: Any) -> str:
+    """One line saying what the post-processing does ("" when it does nothing)."""
+    if pp is None:
+        return ""
+    parts = []
+    if pp.min_lesion_fraction > 0:
+        parts.append(f"lesions smaller than {pp.min_lesion_fraction:.2%} of the image removed")
+    if pp.hflip_tta:
+        parts.append("left-right test-time augmentation")
+    if getattr(pp, "no_lesion_class", None):
+        parts.append(f"class '{pp.no_lesion_class}' exactly when no lesion is found")
+    return ", ".join(parts)
+
+
 def forward(model: Any, x: torch.Tensor, *, hflip_tta: bool = False):
     """The model's outputs for ``x``; with ``hflip_tta`` the logits of ``x`` and its mirror are averaged."""
     out = model(x)

@@ -78,20 +78,6 @@ def predict_dataset(
     )
 
 
-def describe_postprocessing(pp) -> str:
-    """One line saying what the post-processing does ("" when it does nothing)."""
-    if pp is None:
-        return ""
-    parts = []
-    if pp.min_lesion_fraction > 0:
-        parts.append(f"lesions smaller than {pp.min_lesion_fraction:.2%} of the image removed")
-    if pp.hflip_tta:
-        parts.append("left-right test-time augmentation")
-    if getattr(pp, "no_lesion_class", None):
-        parts.append(f"class '{pp.no_lesion_class}' exactly when no lesion is found")
-    return ", ".join(parts)
-
-
 def _refuse_non_finite(out, batch, n: int) -> None:
     """No metric is computed from NaN/inf outputs: they would print plausible numbers (NaN > t is False)."""
     from ..inference import NonFiniteOutputError
@@ -153,6 +139,8 @@ def evaluate_model(
     report = report_from_predictions(
         preds, list(model.config.class_names), split=split, threshold=threshold, n_boot=n_boot
     )
+    from ..postprocess import describe_postprocessing
+
     note = describe_postprocessing(postprocessing)
     if note:
         report.notes.append(f"post-processing: {note}")

@@ -15,7 +15,7 @@ into the checkpoint (``run.postprocessing``) so that the Predictor,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,11 @@ class Calibration:
     def describe(self) -> str:
         best = max(self.table, key=lambda r: r[2])
         plain = next(r for r in self.table if r[0] == 0.0 and not r[1])
-        size = (f"remove lesions < {self.chosen.min_lesion_fraction:.2%} of the image"
-                if self.chosen.min_lesion_fraction > 0 else "no small-lesion filter")
-        text = (f"post-processing chosen on {self.n_images} validation images: {size}"
-                + (", left-right test-time augmentation" if self.chosen.hflip_tta else "")
-                + f" (validation Dice {plain[2]:.3f} -> {best[2]:.3f})")
+        from ..postprocess import describe_postprocessing
+
+        masks = describe_postprocessing(replace(self.chosen, no_lesion_class=None)) or "no small-lesion filter"
+        text = (f"post-processing chosen on {self.n_images} validation images: {masks}"
+                f" (validation Dice {plain[2]:.3f} -> {best[2]:.3f})")
         if self.no_lesion_trial is not None:
             name, before, after = self.no_lesion_trial
             verb = "used" if self.chosen.no_lesion_class else "not used"
@@ -77,8 +77,10 @@ def calibrate_postprocessing(model: Any, val_data: Any, device: Any) -> Calibrat
     if val_data is None or len(val_data) == 0 or getattr(model, "decoder", None) is None:
         return None
     table = []
+    by_tta = {}
     for tta in (False, True):
-        preds = predict_dataset(model, val_data, device=device, postprocessing=Postprocessing(hflip_tta=tta))
+        preds = by_tta[tta] = predict_dataset(model, val_data, device=device,
+                                              postprocessing=Postprocessing(hflip_tta=tta))
         sel = preds.has_mask
         if not sel.any():
             return None
@@ -95,8 +97,10 @@ def calibrate_postprocessing(model: Any, val_data: Any, device: Any) -> Calibrat
     cfg = getattr(model, "config", None)
     if cfg is not None and cfg.task == "both":
         # Should the heads agree ("no lesion" <=> the no-lesion class)?  Kept only if it helps on validation.
-        preds = predict_dataset(model, val_data, device=device, postprocessing=pp)
-        lesion = preds.pred_masks.reshape(len(preds.pred_masks), -1).any(axis=1)
+        # The predictions made above with the chosen TTA, filtered as chosen, are those of ``pp``.
+        preds = by_tta[pp.hflip_tta]
+        lesion = remove_small_lesions(preds.pred_masks, pp.min_lesion_fraction)
+        lesion = lesion.reshape(len(lesion), -1).any(axis=1)
         truth = preds.true_masks.reshape(len(preds.true_masks), -1).any(axis=1)
         name = no_lesion_candidate(preds.labels, preds.has_label, truth, preds.has_mask, list(cfg.class_names))
         if name is not None:
