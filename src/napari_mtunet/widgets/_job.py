@@ -121,12 +121,10 @@ class StatusLabel(WrapLabel):
         super().setText(breakable(text))
         self.setToolTip(str(text) if len(str(text)) > 60 else "")
 
-    def plain_text(self) -> str:
+    def text(self) -> str:  # noqa: D401 - Qt API: the text as set (without the wrap points)
         return super().text().replace("\u200b", "")
 
-    def text(self) -> str:
-        """The text as set (what a caller reads back), without the invisible wrap points."""
-        return self.plain_text()
+    plain_text = text
 
 
 class JobWidget(QWidget):
