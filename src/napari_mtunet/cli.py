@@ -131,6 +131,8 @@ def run_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
             section[key] = given[opt]
     if "encoder_weights" in given:
         m["encoder_weights"] = _none_word(given["encoder_weights"])
+    if "interactive" in given:
+        m["prompts"] = bool(given["interactive"])
     if given.get("no_skip"):
         m["skip_connections"] = False
     if given.get("strict"):
@@ -333,6 +335,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                            "others: the model hub), a local .safetensors/.pth file, or 'none'", D.model.encoder_weights))
     p.add_argument("--task", choices=("both", "seg", "cls"), default=None, help=_h("what to train", D.model.task))
     p.add_argument("--no-skip", action="store_true", default=None, help="ablation: decoder without skip connections")
+    p.add_argument("--interactive", action=argparse.BooleanOptionalAction, default=None,
+                   help=_h("train for interactive segmentation too: click and box prompts (a simulated user during "
+                           "training); the model still predicts without prompts", D.model.prompts))
     p.add_argument("--image-size", type=int, default=None, help=_h("input size (multiple of 32)", D.preprocessing.image_size))
 
 

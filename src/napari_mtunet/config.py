@@ -32,6 +32,13 @@ from typing import Any, Literal, TypeVar, Union
 Task = Literal["both", "seg", "cls"]
 TASKS: tuple[str, ...] = ("both", "seg", "cls")
 
+#: Colour channels of every image the network sees (greyscale is replicated, alpha dropped):
+#: the one place this number is written.  A model's whole input is :attr:`ModelConfig.input_channels`.
+IMAGE_CHANNELS = 3
+#: The guidance channels of an interactive (``ModelConfig.prompts``) model, in input order after the image:
+#: positive clicks, negative clicks, the previous mask and the box (see :mod:`napari_mtunet.prompts`).
+GUIDANCE_CHANNELS: tuple[str, ...] = ("positive_clicks", "negative_clicks", "previous_mask", "box")
+
 #: The encoders documented and tested by the project; any smp encoder name works.
 DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16", "timm-tf_efficientnet_lite0")
 
@@ -213,8 +220,8 @@ class Preprocessing(_Dict):
             raise ConfigError("give both mean and std, or neither (the encoder's own)")
         if self.mean is None:
             return
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ConfigError("mean and std must have three values (RGB)")
+        if len(self.mean) != IMAGE_CHANNELS or len(self.std) != IMAGE_CHANNELS:
+            raise ConfigError(f"mean and std must have {IMAGE_CHANNELS} values (RGB)")
         self.mean = tuple(_finite("mean", m) for m in self.mean)  # type: ignore[assignment]
         self.std = tuple(_finite("std", s) for s in self.std)  # type: ignore[assignment]
         if any(s <= 0 for s in self.std):
@@ -241,7 +248,11 @@ class ModelConfig(_Dict):
     encoder_name: str = "mobilenet_v2"
     #: "imagenet" (a package that ships the weights, else smp's hub copy), a local weights file, or None.
     encoder_weights: str | None = "imagenet"
-    in_channels: int = 3
+    #: Colour channels of the image (always :data:`IMAGE_CHANNELS`; kept for checkpoints of format 1).
+    in_channels: int = IMAGE_CHANNELS
+    #: Interactive segmentation: the network also takes guidance channels (:data:`GUIDANCE_CHANNELS`:
+    #: clicks, previous mask, box); with no prompt they are zero and the model predicts automatically.
+    prompts: bool = False
     num_classes: int = 3
     seg_classes: int = 1
     task: str = "both"
@@ -265,9 +276,9 @@ class ModelConfig(_Dict):
             raise ConfigError(f"seg_classes must be in [1, {MAX_SEG_CLASSES}], got {self.seg_classes}")
         if not 0.0 <= _finite("dropout", self.dropout) < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.in_channels != 3:
+        if self.in_channels != IMAGE_CHANNELS:
             raise ConfigError(
-                "in_channels must be 3: greyscale inputs are replicated to RGB by the preprocessing"
+                f"in_channels must be {IMAGE_CHANNELS}: greyscale inputs are replicated to RGB by the preprocessing"
             )
         if not 1 <= int(self.encoder_depth) <= 5:
             raise ConfigError(f"encoder_depth must be in [1, 5], got {self.encoder_depth}")
@@ -297,6 +308,16 @@ class ModelConfig(_Dict):
                 )
         else:
             self.class_names = [f"class_{i}" for i in range(int(self.num_classes))]
+
+    @property
+    def guidance_channels(self) -> int:
+        """How many prompt (guidance) channels follow the image channels (0 for an automatic-only model)."""
+        return len(GUIDANCE_CHANNELS) if self.prompts else 0
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input tensor: the image's, then the guidance channels."""
+        return IMAGE_CHANNELS + self.guidance_channels
 
     def with_classes(self, class_names: list[str]) -> ModelConfig:
         """A copy for a dataset with these classes (fewer than two: a placeholder pair, for seg-only data)."""
@@ -543,10 +564,71 @@ class Postprocessing(_Dict):
             raise ConfigError(f"no_lesion_class must be a class name or null, got {self.no_lesion_class!r}")
 
 
+@dataclass
+class InteractiveConfig(_Dict):
+    """Interactive segmentation (a model with ``ModelConfig.prompts``): how training simulates a user and how
+    prompts are turned into the network's input.  Saved in the run config, so the Predictor encodes and
+    zooms exactly as training did (see :mod:`napari_mtunet.prompts`).
+
+    Training adds, per image and epoch, ``prompted_per_image`` prompted views beside the automatic one
+    (which keeps the automatic mode and the class head trained as without prompts): a box prompt
+    (``box_share`` of them), or clicks, either on the whole image (``first_click_share``: the first
+    click, nothing known yet) or zoomed on the object with the model's own previous mask fed back.
+    Each prompted view gets up to ``max_iterations`` corrective clicks, placed in the error region of
+    the model's own prediction (RITM / DeepEdit style).
+    """
+
+    _where = "interactive config"
+
+    #: Prompted training views per image and epoch (0 = none: prompts never trained).
+    prompted_per_image: float = 1.0
+    #: Share of the prompted views prompted by a (jittered) box; the rest by clicks.
+    box_share: float = 0.4
+    #: Share of the click views that show the whole image with first click(s) only (no previous mask).
+    first_click_share: float = 0.3
+    #: Simulated corrective clicks per prompted view: 0..max_iterations, each after a no-gradient pass.
+    max_iterations: int = 3
+    #: Box sides moved by up to this fraction of the box size (a user's box is not exact).
+    box_jitter: float = 0.1
+    #: Click disks' radius in pixels of the network input.
+    click_radius: int = 3
+    #: The region run for a prompt: the prompts' extent (box, clicks, previous mask) grown by this fraction.
+    zoom_margin: float = 0.4
+    #: The zoomed region's side is at least this fraction of the image's longer side.
+    min_zoom: float = 0.15
+    #: Training crops come from images cached at up to this many times the model's input size.
+    source_factor: int = 4
+    #: Prediction: a first click without a previous mask runs the whole image, then zooms on that result
+    #: and runs again (two passes) instead of keeping the whole-image result.
+    refine_first_click: bool = True
+    #: Prediction: clicked pixels end on the clicked side (positive inside the mask, negative outside) and
+    #: only the parts of the mask the prompts point at are kept.
+    enforce_clicks: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= _finite("prompted_per_image", self.prompted_per_image) <= 4.0:
+            raise ConfigError(f"prompted_per_image must be in [0, 4], got {self.prompted_per_image}")
+        for name in ("box_share", "first_click_share"):
+            if not 0.0 <= _finite(name, getattr(self, name)) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= int(self.max_iterations) <= 20:
+            raise ConfigError(f"max_iterations must be in [0, 20], got {self.max_iterations}")
+        if not 0.0 <= _finite("box_jitter", self.box_jitter) <= 0.5:
+            raise ConfigError(f"box_jitter must be in [0, 0.5], got {self.box_jitter}")
+        if not 1 <= int(self.click_radius) <= 64:
+            raise ConfigError(f"click_radius must be in [1, 64] pixels, got {self.click_radius}")
+        if not 0.0 <= _finite("zoom_margin", self.zoom_margin) <= 4.0:
+            raise ConfigError(f"zoom_margin must be in [0, 4], got {self.zoom_margin}")
+        if not 0.0 < _finite("min_zoom", self.min_zoom) <= 1.0:
+            raise ConfigError(f"min_zoom must be in (0, 1], got {self.min_zoom}")
+        if not 1 <= int(self.source_factor) <= 16:
+            raise ConfigError(f"source_factor must be in [1, 16], got {self.source_factor}")
+
+
 # --------------------------------------------------------------------------- the run
 
 
-RUN_CONFIG_VERSION = 2
+RUN_CONFIG_VERSION = 3
 
 
 @dataclass
@@ -560,8 +642,10 @@ class RunConfig(_Dict):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
+    interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
 
     def __post_init__(self) -> None:
+        self.interactive = InteractiveConfig.from_dict(self.interactive)
         self.model = ModelConfig.from_dict(self.model)
         self.preprocessing = Preprocessing.from_dict(self.preprocessing)
         self.data = DataConfig.from_dict(self.data)
@@ -619,6 +703,7 @@ class RunConfig(_Dict):
             data=DataConfig.from_dict(self.data.to_dict()),
             train=dataclasses.replace(self.train, w_seg=ws, w_cls=wc),
             postprocessing=dataclasses.replace(self.postprocessing),
+            interactive=dataclasses.replace(self.interactive),
         )
 
     def with_classes(self, class_names: list[str]) -> RunConfig:

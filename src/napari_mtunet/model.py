@@ -16,6 +16,12 @@ the ablation a fair comparison.
 The network takes float RGB in ``[0, 1]`` and normalises it with the mean/std
 buffers of its :class:`~napari_mtunet.config.Preprocessing`, so a saved model
 carries its own normalisation.
+
+An interactive model (``ModelConfig.prompts``) also takes guidance channels after
+the image (:data:`~napari_mtunet.config.GUIDANCE_CHANNELS`: clicks, previous mask,
+box; encoded by :mod:`napari_mtunet.prompts`).  Their first-layer weights start at
+zero, so the pretrained RGB weights work unchanged, and an input without guidance
+(the image channels only) gets zero guidance: the automatic mode.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import ModelConfig, Preprocessing
+from .config import IMAGE_CHANNELS, ModelConfig, Preprocessing
 from .encoders import (  # noqa: F401 - re-exported: the model's public weight-loading API
     EncoderWeightsError,
     hub_reachable,
@@ -49,6 +55,14 @@ class ModelOutput(NamedTuple):
     def class_probabilities(self) -> torch.Tensor | None:
         """``(B, num_classes)`` softmax probabilities (float32), or None without a class head."""
         return None if self.cls is None else torch.softmax(self.cls.float(), dim=1)
+
+    def segmentation_probabilities(self) -> torch.Tensor | None:
+        """``(B, K, H, W)`` float32: per-pixel foreground probability (sigmoid) for one segmentation class,
+        class probabilities (softmax over the K classes) for several; None without a decoder."""
+        if self.seg is None:
+            return None
+        seg = self.seg.float()
+        return torch.sigmoid(seg) if seg.shape[1] == 1 else torch.softmax(seg, dim=1)
 
     def mask_probability(self) -> torch.Tensor | None:
         """``(B, H, W)`` foreground probability (float32), or None without a decoder."""
@@ -77,7 +91,7 @@ class MultiTaskUNet(nn.Module):
             encoder_depth=int(config.encoder_depth),
             encoder_weights=None,
             decoder_channels=tuple(config.decoder_channels),
-            in_channels=3,
+            in_channels=IMAGE_CHANNELS,
             classes=int(config.seg_classes),
             aux_params=aux,
         )
@@ -85,16 +99,41 @@ class MultiTaskUNet(nn.Module):
         self.decoder = unet.decoder if config.task != "cls" else None
         self.segmentation_head = unet.segmentation_head if config.task != "cls" else None
         self.classification_head = unet.classification_head
-        self.register_buffer("mean", torch.tensor(self.preprocessing.mean).view(1, 3, 1, 1), persistent=True)
-        self.register_buffer("std", torch.tensor(self.preprocessing.std).view(1, 3, 1, 1), persistent=True)
+        shape = (1, IMAGE_CHANNELS, 1, 1)
+        self.register_buffer("mean", torch.tensor(self.preprocessing.mean).view(shape), persistent=True)
+        self.register_buffer("std", torch.tensor(self.preprocessing.std).view(shape), persistent=True)
         self.output_stride = 2 ** int(config.encoder_depth)
+        if config.prompts:
+            _widen_first_conv(self.encoder, config.guidance_channels)
+
+    @property
+    def input_channels(self) -> int:
+        return self.config.input_channels
 
     @property
     def task(self) -> str:
         return self.config.task
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise the image channels of ``x``: ``(B, IMAGE_CHANNELS, H, W)`` in [0, 1]."""
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input for ``x``: the image channels normalised, then the guidance channels as given
+        (zeros when ``x`` holds the image only: automatic mode)."""
+        c = x.shape[1] if x.ndim == 4 else -1
+        want = self.config.input_channels
+        if c not in (IMAGE_CHANNELS, want):
+            extra = f" or {want} (image + guidance)" if want != IMAGE_CHANNELS else ""
+            raise ValueError(f"expected a (B, {IMAGE_CHANNELS}{extra}, H, W) input, got {tuple(x.shape)}")
+        image = self.normalize(x[:, :IMAGE_CHANNELS])
+        if want == IMAGE_CHANNELS:
+            return image
+        if c == IMAGE_CHANNELS:
+            guidance = image.new_zeros((x.shape[0], want - IMAGE_CHANNELS, *x.shape[2:]))
+        else:
+            guidance = x[:, IMAGE_CHANNELS:]
+        return torch.cat([image, guidance], dim=1)
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Run the decoder + segmentation head on encoder features (applies the skip ablation)."""
@@ -111,7 +150,7 @@ class MultiTaskUNet(nn.Module):
                 f"input height/width must be multiples of {self.output_stride}, got {h}x{w} "
                 "(the Predictor pads automatically)"
             )
-        features = self.encoder(self.normalize(x))
+        features = self.encoder(self.encoder_input(x))
         seg = self.decode(features) if self.decoder is not None else None
         cls = self.classification_head(features[-1]) if self.classification_head is not None else None
         return ModelOutput(seg, cls)
@@ -130,11 +169,14 @@ def build_model(config: ModelConfig, preprocessing: Preprocessing | None = None)
     or, for another naming of the same architecture, by order and shape.
     ``model.weights_provenance`` records where the weights came from.
     """
-    model = MultiTaskUNet(config, preprocessing)
     weights = config.encoder_weights
-    model.weights_provenance = {"weights": None}
     if weights is None:
+        model = MultiTaskUNet(config, preprocessing)
+        model.weights_provenance = {"weights": None}
         return model
+    # Pretrained weights are for the image channels: load them into an image-only network, then add the
+    # guidance channels (zero weights) of an interactive model.
+    model = MultiTaskUNet(config.replace(prompts=False), preprocessing)
     if weights == "imagenet" and config.encoder_name.startswith("tu-"):
         if not hub_reachable():
             raise EncoderWeightsError(
@@ -147,9 +189,25 @@ def build_model(config: ModelConfig, preprocessing: Preprocessing | None = None)
             config.encoder_name, depth=int(config.encoder_depth), weights="imagenet"
         )
         model.weights_provenance = {"weights": "imagenet", "source": "timm hub"}
-        return model
-    model.weights_provenance = load_pretrained(model.encoder, config.encoder_name, weights)
+    else:
+        model.weights_provenance = load_pretrained(model.encoder, config.encoder_name, weights)
+    if config.prompts:
+        _widen_first_conv(model.encoder, config.guidance_channels)
+        model.config = config
     return model
+
+
+def _widen_first_conv(encoder: nn.Module, extra: int) -> None:
+    """Give the encoder's first convolution ``extra`` more input channels with zero weights: the network's
+    output is unchanged while those channels are zero (the automatic mode), and they learn from there."""
+    conv = next((m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.in_channels == IMAGE_CHANNELS), None)
+    if conv is None or conv.groups != 1:
+        raise ValueError(f"{type(encoder).__name__}: no plain first convolution with {IMAGE_CHANNELS} input "
+                         "channels to add guidance channels to")
+    w = conv.weight
+    zeros = torch.zeros((w.shape[0], extra, *w.shape[2:]), dtype=w.dtype, device=w.device)
+    conv.weight = nn.Parameter(torch.cat([w.detach(), zeros], dim=1), requires_grad=w.requires_grad)
+    conv.in_channels = IMAGE_CHANNELS + extra
 
 
 def count_parameters(model: nn.Module) -> int:

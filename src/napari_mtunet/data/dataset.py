@@ -15,9 +15,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
+from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from napari_mtunet.config import AugmentConfig, Preprocessing
+from napari_mtunet.config import GUIDANCE_CHANNELS, AugmentConfig, InteractiveConfig, Preprocessing
 from napari_mtunet.preprocess import to_float_rgb
 
 from .errors import DataError
@@ -71,7 +72,10 @@ class SampleDataset(Dataset):
         augment: AugmentConfig | None = None,
         train: bool = False,
         cache: bool = True,
+        source_size: int | None = None,
     ) -> None:
+        """``source_size``: decode and cache each image at up to this longer side, keeping its aspect ratio
+        (the prompted views of interactive training crop from it), instead of at the training size."""
         self.samples = list(samples)
         self.class_names = [str(c) for c in class_names]
         self._index = {c: i for i, c in enumerate(self.class_names)}
@@ -80,6 +84,8 @@ class SampleDataset(Dataset):
                 raise DataError(f"class {s.label!r} is not one of {self.class_names}", s.id, kind="unknown_class")
         self.preprocessing = preprocessing or Preprocessing()
         self.transform = JointTransform(self.preprocessing, augment, train)
+        self.source_size = None if source_size is None else int(source_size)
+        self._view_augment = _geometric_augmentation(augment) if (train and source_size) else None
         self.cache_enabled = bool(cache)
         self._cache: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(self.samples)
 
@@ -98,7 +104,15 @@ class SampleDataset(Dataset):
     def _to_tensors(self, image: np.ndarray, mask: np.ndarray | None, s: Sample):
         img = _image_to_tensor(image, s.id)
         m = None if mask is None else torch.from_numpy(mask)[None]
-        if self.preprocessing.resize:
+        if self.source_size is not None:
+            h, w = img.shape[-2:]
+            scale = self.source_size / max(h, w)
+            if scale < 1:
+                size = [max(1, round(h * scale)), max(1, round(w * scale))]
+                img = TF.resize(img, size, antialias=True)
+                if m is not None:
+                    m = TF.resize(m, size, interpolation=TF.InterpolationMode.NEAREST_EXACT)
+        elif self.preprocessing.resize:
             size = [self.preprocessing.image_size] * 2
             if list(img.shape[-2:]) != size:
                 img = TF.resize(img, size, antialias=True)
@@ -143,6 +157,49 @@ class SampleDataset(Dataset):
         with single_threaded():
             return self._item(i)
 
+    def prompted_item(self, i: int, rng: np.random.Generator, cfg: InteractiveConfig) -> dict[str, Any]:
+        """A prompted training view of sample ``i`` (interactive training): the image augmented at its cached
+        size, a simulated user's first prompts (:func:`napari_mtunet.prompts.training_view`), the region the
+        Predictor would run for them cropped and resized to the training size, and the guidance channels;
+        ``iterations``: how many corrective clicks the trainer adds on the model's own predictions."""
+        from napari_mtunet.prompts import encode, training_view
+
+        with single_threaded():
+            img, m = self.decoded(i)
+            if m is None:  # no mask: nothing to prompt; the automatic view
+                item = self._item(i)
+                return {**item, "guidance": torch.zeros((len(GUIDANCE_CHANNELS), *item["image"].shape[-2:])),
+                        "iterations": 0, "prompted": False}
+            if img.dtype == torch.float16:
+                img = img.float()
+            if self._view_augment is not None:
+                img, m = self._view_augment(tv_tensors.Image(img), tv_tensors.Mask(m))
+                img, m = img.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor)
+            truth = m[0].numpy() > 0
+            view = training_view(truth, rng, cfg)
+            s = self.preprocessing.image_size
+            r0, c0, r1, c1 = view.region
+            image = TF.resized_crop(img, r0, c0, r1 - r0, c1 - c0, [s, s], antialias=True)
+            if image.dtype == torch.uint8:
+                image = image.float().div_(255.0)
+            from napari_mtunet.prompts import resize_mask
+
+            mask = torch.from_numpy(resize_mask(truth[r0:r1, c0:c1], (s, s)))[None].float()
+            guidance = torch.from_numpy(encode(view.prompts, view.region, (s, s), cfg.click_radius))
+            sample = self.samples[i]
+            label = self._index[sample.label] if sample.label is not None else -1
+            return {
+                "image": image.clamp_(0.0, 1.0),
+                "mask": mask,
+                "label": torch.tensor(label, dtype=torch.int64),
+                "has_mask": True,
+                "has_label": label >= 0,
+                "index": i,
+                "guidance": guidance,
+                "iterations": int(view.iterations),
+                "prompted": True,
+            }
+
     def _item(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
         img, m = self.decoded(i)
@@ -163,6 +220,69 @@ class SampleDataset(Dataset):
             "has_label": label >= 0,
             "index": i,
         }
+
+
+def _geometric_augmentation(augment: AugmentConfig | None):
+    """The training augmentation's geometric part (flips, rotation + shear), applied at the cached size."""
+    from torchvision.transforms import v2
+
+    ops: list = []
+    if augment is not None and augment.enabled:
+        if augment.hflip:
+            ops.append(v2.RandomHorizontalFlip(0.5))
+        if augment.vflip:
+            ops.append(v2.RandomVerticalFlip(0.5))
+        if augment.rotation_degrees > 0 or augment.shear_degrees > 0:
+            ops.append(v2.RandomAffine(degrees=float(augment.rotation_degrees),
+                                       shear=float(augment.shear_degrees) if augment.shear_degrees > 0 else None,
+                                       interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+    return v2.Compose(ops) if ops else None
+
+
+class InteractiveDataset(Dataset):
+    """Interactive training data: every automatic item of ``data`` (zero guidance) followed by
+    ``prompted_per_image`` prompted views per image (:meth:`SampleDataset.prompted_item`), drawn anew at
+    every access.  ``data`` is a :class:`SampleDataset` or a ``Subset`` of one."""
+
+    def __init__(self, data: Any, config: InteractiveConfig, seed: int = 0):
+        from torch.utils.data import Subset
+
+        if isinstance(data, Subset) and isinstance(data.dataset, SampleDataset):
+            self.base, self.indices = data.dataset, [int(i) for i in data.indices]
+        elif isinstance(data, SampleDataset):
+            self.base, self.indices = data, list(range(len(data)))
+        else:
+            raise TypeError(f"interactive training needs a SampleDataset (or a Subset of one), got {type(data).__name__}")
+        if self.base.source_size is None:
+            raise ValueError("interactive training needs images cached at their source size (source_size)")
+        self.data = data
+        self.config = config
+        n = len(self.indices)
+        n_views = int(round(n * float(config.prompted_per_image)))
+        order = np.random.default_rng(seed).permutation(n) if n else np.arange(0)
+        self.view_of = [int(order[j % n]) for j in range(n_views)] if n else []
+
+    def __len__(self) -> int:
+        return len(self.indices) + len(self.view_of)
+
+    @property
+    def labels(self) -> list[int]:
+        base = self.base.labels
+        auto = [base[i] for i in self.indices]
+        return auto + [auto[j] for j in self.view_of]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self[int(i)] for i in indices]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self.indices)
+        if i < n:
+            item = self.base[self.indices[i]]
+            g = torch.zeros((len(GUIDANCE_CHANNELS), *item["image"].shape[-2:]))
+            return {**item, "guidance": g, "iterations": 0, "prompted": False}
+        # a fresh draw each time (torch's generator is seeded per epoch by the trainer, per worker by torch)
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        return self.base.prompted_item(self.indices[self.view_of[i - n]], rng, self.config)
 
 
 def collate_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,6 +330,8 @@ def _fill_caches(data: Any) -> None:
             _fill_caches(d)
     elif isinstance(data, Subset):
         _fill_caches(data.dataset)
+    elif isinstance(data, InteractiveDataset):
+        _fill_caches(data.data)
     elif isinstance(data, SampleDataset):
         data.fill_cache()
 

@@ -2,8 +2,10 @@
 
 Inputs are torch Datasets (or DataLoaders) whose items are dicts::
 
-    image   float32 (3, S, S) in [0, 1]
+    image   float32 (IMAGE_CHANNELS, S, S) in [0, 1]
     mask    float32 (1, S, S) {0, 1}
+    guidance, iterations, prompted   (interactive training only: the prompts' channels, the corrective
+            clicks to simulate, whether the item is prompted; see :mod:`.prompting`)
     label   int64 class index, -1 when unknown
     has_mask, has_label   bool
     index   int
@@ -48,6 +50,7 @@ from ..events import BatchEnd, Callback, CancelToken, CheckpointSaved, EpochEnd,
 from .losses import MultiTaskLoss, balanced_class_weights
 from .monitor import Monitor
 from .optim import apply_freezing, build_optimizer, set_step_lr, warming_up
+from .prompting import model_input
 from .validation import recalibrate_batchnorm, run_validation
 
 __all__ = [
@@ -205,6 +208,13 @@ class Trainer:
         self.result: FitResult | None = None
         self.history: list[dict[str, Any]] = []
         self._epoch = 0
+        #: Interactive models: the simulated user's corrective clicks before each training step.
+        self.prompts = bool(self.model_config.prompts)
+        self.click_simulator = None
+        if self.prompts:
+            from .prompting import ClickSimulator
+
+            self.click_simulator = ClickSimulator((run or RunConfig()).interactive)
 
     # ------------------------------------------------------------------ public
 
@@ -264,6 +274,8 @@ class Trainer:
             preprocessing=self.model.preprocessing,  # type: ignore[attr-defined]
             data=base.data if self.data_config is None else self.data_config,
             train=self.config,
+            postprocessing=base.postprocessing,
+            interactive=base.interactive,
         )
         return run.resolved().to_dict()
 
@@ -394,9 +406,12 @@ class Trainer:
             if self.dist.any_rank(self.cancel.cancelled):
                 yield None  # type: ignore[misc]
                 return
-            x = batch["image"].to(self.device, non_blocking=True)
+            x = model_input(batch, self.prompts).to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self.click_simulator is not None:
+                x = self.click_simulator(self.model, x, batch)
+                self._train_mode()
             ctx = torch.autocast(device_type=self.device.type, dtype=torch.float16) if self.use_amp else nullcontext()
             with ctx:
                 out = self.ddp(x)

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import AugmentConfig, DataConfig, Preprocessing, RunConfig
+from ..config import AugmentConfig, DataConfig, InteractiveConfig, Preprocessing, RunConfig
 
 
 @dataclass
@@ -60,31 +60,41 @@ class LoadedData:
         return text
 
     def dataset(self, indices: Sequence[int] | None, preprocessing: Preprocessing, *,
-                augment: AugmentConfig | None = None, cache: bool = True, store: dict | None = None):
+                augment: AugmentConfig | None = None, cache: bool = True, store: dict | None = None,
+                interactive: InteractiveConfig | None = None, seed: int = 0):
         """A :class:`~napari_mtunet.data.SampleDataset` over ``indices`` (all when None).
 
         Training augmentation when ``augment`` is enabled.  With ``store`` (a
         dict kept by the caller), datasets over the same samples and size share
         one decode cache: one full dataset per (size, augmented) is built and
-        each call returns a ``Subset`` of it.
+        each call returns a ``Subset`` of it.  ``interactive``: interactive
+        training data (:class:`~napari_mtunet.data.dataset.InteractiveDataset`:
+        the automatic items and prompted views cropped from images cached at
+        ``source_factor`` times the training size).
         """
         from torch.utils.data import Subset
 
         from ..data import SampleDataset
+        from ..data.dataset import InteractiveDataset
 
         train = augment is not None and augment.enabled
+        prompted = interactive is not None and interactive.prompted_per_image > 0
+        source = preprocessing.image_size * int(interactive.source_factor) if prompted else None
         idx = list(range(len(self.samples))) if indices is None else [int(i) for i in indices]
         if store is None:
-            return SampleDataset([self.samples[i] for i in idx], self.class_names, preprocessing,
-                                 augment if train else None, train, cache)
-        key = (preprocessing.image_size, preprocessing.resize, train)
-        if key not in store:
-            full = SampleDataset(self.samples, self.class_names, preprocessing, augment if train else None, train, cache)
-            other = store.get((preprocessing.image_size, preprocessing.resize, not train))
-            if other is not None:
-                full._cache = other._cache  # one decode cache (decoding is independent of augmentation)
-            store[key] = full
-        return Subset(store[key], idx)
+            ds = SampleDataset([self.samples[i] for i in idx], self.class_names, preprocessing,
+                               augment if train else None, train, cache, source_size=source)
+        else:
+            key = (preprocessing.image_size, preprocessing.resize, train, source)
+            if key not in store:
+                full = SampleDataset(self.samples, self.class_names, preprocessing, augment if train else None, train,
+                                     cache, source_size=source)
+                other = store.get((preprocessing.image_size, preprocessing.resize, not train, source))
+                if other is not None:
+                    full._cache = other._cache  # one decode cache (decoding is independent of augmentation)
+                store[key] = full
+            ds = Subset(store[key], idx)
+        return InteractiveDataset(ds, interactive, seed=seed) if prompted else ds
 
 
 def load(
@@ -196,7 +206,9 @@ def prepare(
     split = split if split is not None else make_split(loaded, run.data)
     idx = split_indices(loaded, split)
     pre = run.preprocessing
-    train = loaded.dataset(idx["train"], pre, augment=run.data.augment, cache=run.data.cache, store=store)
+    interactive = run.interactive if run.model.prompts else None
+    train = loaded.dataset(idx["train"], pre, augment=run.data.augment, cache=run.data.cache, store=store,
+                           interactive=interactive, seed=run.train.seed)
     val = loaded.dataset(idx["val"], pre, cache=run.data.cache, store=store) if len(idx["val"]) else None
     test = loaded.dataset(idx["test"], pre, cache=run.data.cache, store=store) if len(idx["test"]) else None
     return PreparedData(loaded=loaded, split=split, indices=idx, run=run, train=train, val=val, test=test)
