@@ -203,8 +203,23 @@ def cmd_evaluate(args) -> int:
     from .paths import unique_path, write_atomic
     from .workflows import evaluate
 
-    res = evaluate(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto", device=args.device,
-                   threshold=args.threshold, n_boot=args.n_boot)
+    if args.interactive:
+        from .workflows.evaluate import evaluate_interactive
+
+        tty = sys.stderr.isatty()
+
+        def progress(done: int, name: str) -> None:
+            if tty:
+                print(f"\r[{done}] {name[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+        res = evaluate_interactive(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto",
+                                   device=args.device, max_clicks=args.max_clicks, n_boot=args.n_boot,
+                                   progress=progress)
+        if tty:
+            print(file=sys.stderr)
+    else:
+        res = evaluate(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto",
+                       device=args.device, threshold=args.threshold, n_boot=args.n_boot)
     print(res.model_description)
     print(res.report.format())
     if args.json:
@@ -228,9 +243,32 @@ def cmd_export(args) -> int:
         from .export import export_model
     except ImportError as exc:
         raise CLIError(f"model export is not available in this installation ({exc})") from None
-    path = export_model(args.checkpoint, args.out, args.format)
+    kwargs: dict[str, Any] = {}
+    if args.format == "bioimageio":
+        kwargs = {k: v for k, v in (
+            ("name", args.name), ("description", args.description), ("authors", args.author),
+            ("maintainers", args.maintainer), ("license", args.license), ("version", args.model_version),
+            ("git_repo", args.git_repo), ("training_data", args.training_data), ("config", args.config),
+            ("sample_image", args.sample_image),
+        ) if v}
+        kwargs["evaluation"] = args.evaluation or "auto"
+        kwargs["include_pytorch"] = args.pytorch_weights
+    elif any(getattr(args, k) for k in ("name", "description", "author", "maintainer", "license", "model_version",
+                                        "git_repo", "training_data", "config", "evaluation", "sample_image")) \
+            or args.pytorch_weights:
+        raise CLIError("the package description options (--name, --author, ...) are for --format bioimageio")
+    path = export_model(args.checkpoint, args.out, args.format, **kwargs)
     print(f"exported {args.checkpoint} as {args.format} to {path}")
+    if args.format == "bioimageio" and not (args.maintainer or _export_defaults(args).get("maintainers")):
+        print("note: no --maintainer given; bioimage.io's upload wants one with a GitHub user name "
+              "(--maintainer @USER, or `maintainers:` in the defaults file)")
     return 0
+
+
+def _export_defaults(args) -> dict:
+    from .export.bioimageio_export import load_export_config
+
+    return load_export_config(args.config)
 
 
 def cmd_demo(args) -> int:
@@ -432,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--json", default=None, help="also write the report as JSON")
+    p.add_argument("--interactive", action="store_true",
+                   help="evaluate click and box prompts with a simulated user (RITM protocol: NoC@85/90, IoU after "
+                        "1/3/5 clicks, box Dice beside the ellipse inscribed in the box); needs an --interactive model")
+    p.add_argument("--max-clicks", type=int, default=20, help="clicks per image for --interactive (default: 20)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict masks and classes for image files or folders")
@@ -446,10 +488,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime: faster on CPU-only machines (needs the 'onnx' extra)")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint as ONNX or a bioimage.io model package")
+    p = sub.add_parser(
+        "export", help="export a checkpoint as ONNX or a bioimage.io model package",
+        description="Export a checkpoint. For --format bioimageio, options left out come from the defaults file "
+                    "(--config, else $MTUNET_CONFIG_DIR/export.yaml or ~/.config/napari-mtunet/export.yaml: a YAML "
+                    "mapping with the keys name, description, authors, maintainers, license, version, git_repo, "
+                    "training_data, tags; see docs/export.md).")
     p.add_argument("checkpoint")
     p.add_argument("--format", choices=("onnx", "bioimageio"), required=True)
     p.add_argument("--out", required=True, help="output file (.onnx, or .zip for bioimage.io); never overwritten")
+    g = p.add_argument_group("bioimage.io package description")
+    g.add_argument("--name", default=None, help="the model's name (default: generated from the encoder)")
+    g.add_argument("--description", default=None, help="one or two sentences (default: generated from the model)")
+    g.add_argument("--author", action="append", default=None, metavar="PERSON",
+                   help='repeatable: "Jane Doe; affiliation=Lab; orcid=0000-0002-1825-0097; github_user=jdoe" '
+                        "(default: the defaults file, else your account's name)")
+    g.add_argument("--maintainer", action="append", default=None, metavar="PERSON",
+                   help='repeatable: "@githubuser" or "Jane Doe; github_user=jdoe" (bioimage.io asks for one)')
+    g.add_argument("--license", default=None, help="SPDX licence id of the exported weights (default: CC-BY-4.0)")
+    g.add_argument("--model-version", default=None, help="version of this model (default: 0.1.0)")
+    g.add_argument("--git-repo", default=None, help="repository URL (default: napari-mtunet's)")
+    g.add_argument("--training-data", default=None,
+                   help="a bioimage.io dataset id or a URL of the training data (BUSI is described automatically)")
+    g.add_argument("--evaluation", default=None,
+                   help="held-out evaluation report (mtunet evaluate --json); default: the run's test_report.json "
+                        "beside the checkpoint")
+    g.add_argument("--sample-image", action="append", default=None, metavar="FILE",
+                   help="repeatable: test input and cover images (default: the run's held-out images if still "
+                        "there, else the synthetic phantom)")
+    g.add_argument("--pytorch-weights", action="store_true",
+                   help="also include pytorch_state_dict weights (they need napari-mtunet installed; ONNX stays "
+                        "the format a consumer needs)")
+    g.add_argument("--config", default=None, help="export defaults file (YAML)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="train a small model on the synthetic phantom (CPU, under a minute)")

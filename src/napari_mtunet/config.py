@@ -666,6 +666,13 @@ class RunConfig(_Dict):
             raise ConfigError("task 'seg' trains only the segmentation loss: w_seg must be > 0")
         if task == "cls" and t.w_cls <= 0:
             raise ConfigError("task 'cls' trains only the classification loss: w_cls must be > 0")
+        if self.model.prompts:
+            if not self.preprocessing.resize:
+                raise ConfigError("interactive models (prompts) are trained on whole images resized to the input "
+                                  "size; native-resolution (patch) training does not support prompts")
+            if self.model.task == "cls" or int(self.model.seg_classes) != 1:
+                raise ConfigError("interactive models (prompts) segment one object: they need the segmentation "
+                                  "head (task 'both' or 'seg') with one segmentation class")
         nl = self.postprocessing.no_lesion_class
         if nl is not None:
             if task != "both":

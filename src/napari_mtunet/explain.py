@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .config import IMAGE_CHANNELS
+
 
 class GradCAMError(ValueError):
     pass
@@ -44,7 +46,8 @@ def grad_cam(
     target_class: int | Sequence[int] | None = None,
     target_layer: str | nn.Module | None = None,
 ) -> np.ndarray:
-    """Grad-CAM heat maps ``float32 (B, H, W)`` in ``[0, 1]`` for a batch ``(B, 3, H, W)`` in [0, 1].
+    """Grad-CAM heat maps ``float32 (B, H, W)`` in ``[0, 1]`` for a batch ``(B, IMAGE_CHANNELS, H, W)`` in [0, 1]
+    (an interactive model may also get its guidance channels after the image's).
 
     ``target_class``: one class for all images, one per image, or None for
     each image's predicted class.  Needs a model with a classification head
@@ -56,8 +59,9 @@ def grad_cam(
     x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
     if x.ndim == 3:
         x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise GradCAMError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+    accepted = {IMAGE_CHANNELS, int(getattr(getattr(model, "config", None), "input_channels", IMAGE_CHANNELS))}
+    if x.ndim != 4 or x.shape[1] not in accepted:
+        raise GradCAMError(f"expected images of shape (B, {IMAGE_CHANNELS}, H, W), got {tuple(x.shape)}")
     device = next(model.parameters()).device
     x = x.to(device).detach().clone()
     layer = _resolve_layer(model, target_layer)
@@ -74,7 +78,7 @@ def grad_cam(
     try:
         with torch.enable_grad():
             # Only the encoder + head are needed; skip the decoder.
-            feats = model.encoder(model.normalize(x.requires_grad_(True)))
+            feats = model.encoder(model.encoder_input(x.requires_grad_(True)))
             logits = model.classification_head(feats[-1])
             if "act" not in store:
                 raise GradCAMError("the target layer was not used by the classification path")

@@ -18,6 +18,15 @@ Three ways to run the network over an image (``mode``):
 ``auto`` picks ``resize`` for resize-trained models up to
 ``max_resize_side`` pixels, otherwise ``native`` when the image fits in one
 tile and ``tiled`` beyond.
+
+Interactive models (trained with ``--interactive``) also take prompts:
+``predict(image, points=[(row, col, positive)], box=(row0, col0, row1, col1),
+previous_mask=None)`` segments the one object the prompts point at.  Only the
+region around the prompts is run (:func:`napari_mtunet.prompts.zoom_region`),
+resized to the model's input size, so a small lesion in a large image gets the
+model's full resolution; the mask comes back at the image's own size and the
+class is reported from the same pass.  A first click with no previous mask
+runs the whole image, then zooms on that result (two passes).
 """
 
 from __future__ import annotations
@@ -34,11 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CheckpointInfo, info_for_model
-from .config import Postprocessing
+from .config import InteractiveConfig, Postprocessing
 from .device import resolve_device
 from .postprocess import forward as forward_with_tta
 from .postprocess import consistent_class_probabilities, no_lesion_index, remove_small_lesions
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
+from .prompts import PromptError, Prompts, Region, apply_prompts, click_radius_in_image, encode, zoom_region
 
 MODES = ("auto", "resize", "native", "tiled")
 #: Inference engines: PyTorch, or ONNX Runtime on the exported graph (napari_mtunet.export; CPU-only machines).
@@ -63,6 +73,8 @@ class Prediction:
     mode: str = "resize"
     model_name: str = ""
     model_hash: str = ""
+    #: Prompted predictions: the image region that was run (row0, col0, row1, col1), ends exclusive.
+    region: tuple[int, int, int, int] | None = None
 
     def to_metadata(self) -> dict[str, Any]:
         """JSON-friendly summary for a napari layer's ``metadata["mtunet"]``."""
@@ -163,18 +175,19 @@ class Predictor:
         self._ort = None  # ONNX Runtime model (backend "onnxruntime")
         self.device = resolve_device("cpu" if backend == "onnxruntime" and device == "auto" else device)
         if backend == "onnxruntime":
-            from .export.onnx_model import onnxruntime_providers
+            from .modelfiles.onnx_session import onnxruntime_providers
 
             providers = onnxruntime_providers(self.device)
         if isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx"):
             if backend != "onnxruntime":
                 raise ValueError(f"{model}: an ONNX file runs with backend='onnxruntime' only")
-            from .export.onnx_model import OnnxRuntimeModel, read_onnx_info
+            from .modelfiles.onnx_file import read_onnx_info
+            from .modelfiles.onnx_runtime import OnnxRuntimeModel
 
             info = read_onnx_info(model)
             net = self._ort = OnnxRuntimeModel(model, info, providers=providers)
         elif isinstance(model, (str, os.PathLike)):
-            from .export.package import open_model
+            from .modelfiles.package import open_model
 
             net, info = open_model(model, device=self.device)
         else:
@@ -182,7 +195,7 @@ class Predictor:
             info = info_for_model(net)
             net = net.to(self.device)
         if backend == "onnxruntime" and self._ort is None:
-            from .export.onnx_model import OnnxRuntimeModel, cached_onnx
+            from .modelfiles.onnx_runtime import OnnxRuntimeModel, cached_onnx
 
             self._ort = OnnxRuntimeModel(cached_onnx(net, info), info, providers=providers)
         self.model = net.eval()
@@ -201,6 +214,9 @@ class Predictor:
         self.class_names = list(cfg.class_names)
         #: Post-processing chosen on the validation split when the model was trained (default: none).
         self.postprocessing = info.postprocessing if hasattr(info, "postprocessing") else Postprocessing()
+        #: Interactive models: how prompts are zoomed, encoded and applied (as in training).
+        run = getattr(info, "run", None)
+        self.interactive = run.interactive if run is not None else InteractiveConfig()
         #: Called as ``tile_progress(rows_done, rows_total)`` after each row of tiles of a tiled
         #: prediction; it may raise (e.g. on a cancel request) to stop the prediction.
         self.tile_progress: Any = None
@@ -445,16 +461,114 @@ class Predictor:
             prob, cls_prob = self._native(rgb)
         return self._finish(prob, cls_prob, chosen, return_probability)
 
+    @property
+    def accepts_prompts(self) -> bool:
+        """Whether the model was trained for prompts (clicks, box, previous mask)."""
+        return bool(self.model.config.prompts)
+
     def predict(
-        self, image: np.ndarray, *, rgb: bool | None = None, mode: str | None = None, return_probability: bool = True
+        self,
+        image: np.ndarray,
+        *,
+        rgb: bool | None = None,
+        mode: str | None = None,
+        return_probability: bool = True,
+        points: Sequence[Sequence[Any]] | None = None,
+        box: Sequence[float] | None = None,
+        previous_mask: np.ndarray | None = None,
     ) -> Prediction | list[Prediction]:
-        """Predict a 2-D image (returns a Prediction) or a stack (returns one Prediction per slice)."""
+        """Predict a 2-D image (returns a Prediction) or a stack (returns one Prediction per slice).
+
+        Prompts (interactive models, 2-D images): ``points`` ``[(row, col, positive), ...]``, ``box``
+        ``(row0, col0, row1, col1)`` (ends exclusive), both in pixels of ``image``, and ``previous_mask``
+        (the mask being corrected, the image's size): the mask of the one object they point at, with its
+        class.
+        """
         if not hasattr(image, "shape") or not hasattr(image, "ndim"):
             image = np.asarray(image)
+        if points is not None or box is not None or previous_mask is not None:
+            return self.predict_prompted(image, points=points, box=box, previous_mask=previous_mask, rgb=rgb,
+                                         return_probability=return_probability)
         slices, is_stack = split_stack(image, rgb=rgb)
         if not is_stack:
             return self.predict_image(slices[0], mode=mode, return_probability=return_probability)
         return self.predict_many(slices, mode=mode, return_probability=return_probability)
+
+    def predict_prompted(
+        self,
+        image: np.ndarray,
+        *,
+        points: Sequence[Sequence[Any]] | None = None,
+        box: Sequence[float] | None = None,
+        previous_mask: np.ndarray | None = None,
+        rgb: bool | None = None,
+        where: str | None = None,
+        return_probability: bool = True,
+    ) -> Prediction:
+        """The mask and class of the object that ``points``/``box`` point at (see :meth:`predict`)."""
+        slices, is_stack = split_stack(image if hasattr(image, "ndim") else np.asarray(image), rgb=rgb)
+        at = f"{where}: " if where else ""
+        if is_stack:
+            raise PromptError(f"{at}prompts apply to one 2-D image; pass one slice of the stack "
+                              f"(got an image of shape {tuple(image.shape)})")
+        arr = slices[0]
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+            raise ImageFormatError(f"{at}expected a 2-D image, got shape {image.shape}")
+        if not self.accepts_prompts:
+            raise PromptError(
+                f"{at}the model {self.info.name} was trained without prompts, so it cannot use clicks or a box; "
+                "predict without them, or train an interactive model (mtunet train ... --interactive)"
+            )
+        prompts = Prompts.from_user(arr.shape[:2], points, box, previous_mask, where=where)
+        if prompts.empty:
+            raise PromptError(f"{at}a previous mask is corrected with clicks or a box; none was given")
+        cfg = self.interactive
+        conv = _Converter(arr, where)
+        if prompts.needs_first_pass():
+            first = self._prompted_pass(arr, conv, prompts, (0, 0, *arr.shape[:2]))
+            if not cfg.refine_first_click or not first.mask.any():
+                return self._prompted_result(first, return_probability)
+            prompts = prompts.with_mask(first.mask)
+        region = zoom_region(arr.shape[:2], prompts.extent(), margin=cfg.zoom_margin, min_zoom=cfg.min_zoom)
+        return self._prompted_result(self._prompted_pass(arr, conv, prompts, region), return_probability)
+
+    def _prompted_pass(self, arr: np.ndarray, conv: _Converter, prompts: Prompts, region: Region) -> Prediction:
+        """One forward pass over ``region`` with the prompts' guidance channels; the mask at the image's size."""
+        cfg = self.interactive
+        h, w = arr.shape[:2]
+        r0, c0, r1, c1 = region
+        crop = conv(np.asarray(arr[r0:r1, c0:c1]))
+        ch, cw = crop.shape[:2]
+        # Interactive models are trained on regions resized to the input size (whatever the region's size),
+        # so every region is run that way.
+        size = (self.image_size, self.image_size)
+        x = F.interpolate(self._to_tensor(crop), size=size, mode="bilinear", antialias=True, align_corners=False)
+        guidance = torch.from_numpy(encode(prompts, region, size, cfg.click_radius))[None].to(x)
+        seg, cls = self._forward(torch.cat([x, guidance], dim=1))
+        prob = np.zeros((h, w), np.float32)
+        if seg is not None:
+            p = F.interpolate(seg[:, :1].float(), size=(ch, cw), mode="bilinear", align_corners=False)
+            prob[r0:r1, c0:c1] = p[0, 0].cpu().numpy()
+        mask = prob >= self.threshold
+        if cfg.enforce_clicks:
+            mask = apply_prompts(mask, prompts, click_radius_in_image(region, size, cfg.click_radius))
+        cls_prob = None if cls is None else cls[0].cpu().numpy()
+        pred = self._finish(None, cls_prob, "prompted", True)
+        pred.mask, pred.probability, pred.region = mask.astype(np.uint8), prob, tuple(int(v) for v in region)
+        return pred
+
+    def _prompted_result(self, pred: Prediction, return_probability: bool) -> Prediction:
+        nl = no_lesion_index(self.postprocessing, self.class_names)
+        if pred.class_probabilities is not None and nl is not None:  # the heads agree, as in automatic mode
+            pred.class_probabilities = consistent_class_probabilities(
+                pred.class_probabilities, bool(pred.mask.any()), nl).astype(np.float32)
+            pred.class_index = int(np.argmax(pred.class_probabilities))
+            pred.class_name = self.class_names[pred.class_index]
+        if not return_probability:
+            pred.probability = None
+        return pred
 
     def predict_many(
         self,

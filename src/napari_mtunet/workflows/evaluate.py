@@ -28,24 +28,13 @@ class EvaluationOutcome:
     n_images: int
 
 
-def evaluate(
-    checkpoint: str | os.PathLike,
-    dataset: str | os.PathLike,
-    *,
-    split: str = "auto",
-    layout: str = "auto",
-    device: str = "auto",
-    threshold: float = 0.5,
-    n_boot: int = 1000,
-) -> EvaluationOutcome:
+def _select(checkpoint, dataset, split: str, layout: str):
+    """(model, info, loaded dataset, indices or None for all, the split scored) for an evaluation."""
     from ..checkpoint import load_checkpoint
-    from ..training import evaluate_model
     from .data import load, make_split, split_indices
 
     if split not in ("auto", "test", "val", "train", "all"):
         raise EvaluationError(f"split must be auto, test, val, train or all, got {split!r}")
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise EvaluationError(f"threshold must be in [0, 1], got {threshold}")
     model, info = load_checkpoint(checkpoint, device="cpu")
     run = info.run
     loaded = load(DataConfig(root=str(dataset), layout=layout))
@@ -60,20 +49,75 @@ def evaluate(
     if split == "auto":
         split = "test" if same_data else "all"
     if split == "all":
-        idx = None
-    else:
-        if not same_data:
-            raise EvaluationError(
-                f"{checkpoint} was trained on {stored.root or 'another dataset'}, not on {loaded.root}: "
-                f"its {split} split does not exist here; use split 'all'"
-            )
-        cfg = stored.replace(split_file=None)  # re-derived in memory, never read from or written to a recorded path
-        if cfg.max_samples:
-            loaded = load(cfg.replace(root=str(loaded.root), layout=layout), class_names=info.class_names)
-        idx = split_indices(loaded, make_split(loaded, cfg))[split]
-        if len(idx) == 0:
-            raise EvaluationError(f"{checkpoint}: its run has no {split} images (fraction 0); use another split")
+        return model, info, loaded, None, split
+    if not same_data:
+        raise EvaluationError(
+            f"{checkpoint} was trained on {stored.root or 'another dataset'}, not on {loaded.root}: "
+            f"its {split} split does not exist here; use split 'all'"
+        )
+    cfg = stored.replace(split_file=None)  # re-derived in memory, never read from or written to a recorded path
+    if cfg.max_samples:
+        loaded = load(cfg.replace(root=str(loaded.root), layout=layout), class_names=info.class_names)
+    idx = split_indices(loaded, make_split(loaded, cfg))[split]
+    if len(idx) == 0:
+        raise EvaluationError(f"{checkpoint}: its run has no {split} images (fraction 0); use another split")
+    return model, info, loaded, idx, split
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    dataset: str | os.PathLike,
+    *,
+    split: str = "auto",
+    layout: str = "auto",
+    device: str = "auto",
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+) -> EvaluationOutcome:
+    from ..training import evaluate_model
+
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise EvaluationError(f"threshold must be in [0, 1], got {threshold}")
+    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout)
     ds = loaded.dataset(idx, info.preprocessing)
     report = evaluate_model(model, ds, split=split, device=device, threshold=threshold, n_boot=n_boot,
                             postprocessing=info.postprocessing)
     return EvaluationOutcome(report=report, model_description=info.describe(), split=split, n_images=len(ds))
+
+
+def evaluate_interactive(
+    checkpoint: str | os.PathLike,
+    dataset: str | os.PathLike,
+    *,
+    split: str = "auto",
+    layout: str = "auto",
+    device: str = "auto",
+    max_clicks: int = 20,
+    stop_iou: float = 0.90,
+    n_boot: int = 1000,
+    progress: Any = None,
+) -> EvaluationOutcome:
+    """The simulated user (box prompt, then clicks; RITM protocol) on every image with an object in the split,
+    through the Predictor at each image's own resolution (:mod:`napari_mtunet.training.interactive`)."""
+    from ..data.io import load_sample
+    from ..inference import Predictor
+    from ..training.interactive import evaluate_interactive as run_protocol
+
+    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout)
+    if not model.config.prompts:
+        raise EvaluationError(f"{checkpoint}: the model {info.name} was trained without prompts; interactive "
+                              "evaluation needs a model trained with --interactive")
+    predictor = Predictor(checkpoint, device=device)
+    indices = range(len(loaded.samples)) if idx is None else [int(i) for i in idx]
+
+    def items():
+        for i in indices:
+            sample = loaded.samples[i]
+            image, mask = load_sample(sample)
+            if mask is None:
+                continue
+            yield sample.id, image, mask > 0, loaded.label_index(sample)
+
+    report = run_protocol(predictor, items(), split=split, max_clicks=max_clicks, stop_iou=stop_iou, n_boot=n_boot,
+                          progress=progress)
+    return EvaluationOutcome(report=report, model_description=info.describe(), split=split, n_images=report.n)
