@@ -240,37 +240,34 @@ def _run_one(
     spec: RunSpec, settings: ExperimentSettings, loaded, fold, run_dir: Path, store: dict,
     log: Callable[[str], None] = print,
 ) -> dict:
+    """Train one run through the training workflow (:func:`~napari_mtunet.workflows.train.iter_train`: folder
+    lock, split file, resume checks, post-processing calibrated on the validation part), then score the fold's
+    test part and keep its predictions for the pooled out-of-fold metrics."""
     from .checkpoint import load_checkpoint
-    from .training.engine import Trainer
+    from .device import resolve_device
+    from .events import drive
     from .training.evaluate import predict_dataset, report_from_predictions
     from .training.metrics import dice_iou_per_image
-    from .workflows.data import prepare
+    from .workflows.data import split_indices
+    from .workflows.train import iter_train
 
     t0 = time.perf_counter()
     run = run_config_for(spec, settings, loaded.class_names)
-    data = prepare(run, loaded=loaded, split=fold, store=store)
-    train_ds, val_ds, test_ds = data.train, data.val, data.test
-    test_idx = data.indices["test"]
     last = run_dir / "last.safetensors"
-    trainer = Trainer(
-        None if last.is_file() else run.model,
-        run.train,
-        train_ds,
-        val_ds,
-        preprocessing=run.preprocessing,
-        out_dir=run_dir,
-        resume_from=last if last.is_file() else None,
-        data_config=run.data,
-        run=run,
-        extra_training_metadata={"experiment": {"run": spec.key, **asdict(spec)}},
-        callbacks=[_EpochLogger(spec.key, log)],
+    if not last.is_file():  # nothing to resume: an earlier attempt's leftovers (no result.json) are redone
+        for stale in run_dir.glob("*.safetensors"):
+            stale.unlink()
+    outcome = drive(
+        iter_train(run, run_dir, resume=last if last.is_file() else None, loaded=loaded, split=fold, store=store,
+                   evaluate_test=False, extra_training_metadata={"experiment": {"run": spec.key, **asdict(spec)}}),
+        [_EpochLogger(spec.key, log)],
     )
-    fit = trainer.fit()
-    from .workflows.calibrate import calibrate_checkpoint
-
-    cal, postprocessing = calibrate_checkpoint(fit.best_checkpoint, val_ds, trainer.device)  # validation only
+    fit, postprocessing = outcome.fit, outcome.run.postprocessing
+    idx = split_indices(loaded, fold)
+    test_idx = idx["test"]
+    test_ds = loaded.dataset(test_idx, outcome.run.preprocessing, store=store)
     model, _ = load_checkpoint(fit.best_checkpoint)
-    preds = predict_dataset(model, test_ds, device=trainer.device, postprocessing=postprocessing)
+    preds = predict_dataset(model, test_ds, device=resolve_device(run.train.device), postprocessing=postprocessing)
     report = report_from_predictions(preds, loaded.class_names, split=f"fold {spec.fold} test", n_boot=200)
     arrays: dict[str, np.ndarray] = {"sample_index": np.asarray(test_idx), "labels": preds.labels}
     if preds.probabilities is not None:
@@ -284,15 +281,13 @@ def _run_one(
             inter=(p & t).sum(1), p_sum=p.sum(1), t_sum=t.sum(1),
         )
     np.savez_compressed(run_dir / "predictions.npz", **arrays)
-    if last.is_file():
-        last.unlink()  # optimizer state is no longer needed once the run is finished
     scalars = {k: report.scalars().get(k) for k in METRIC_KEYS}
     result = {
         "spec": asdict(spec),
         "key": spec.key,
         "metrics": {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scalars.items()},
-        "n_train": len(train_ds),
-        "n_val": len(val_ds) if val_ds is not None else 0,
+        "n_train": len(idx["train"]),
+        "n_val": len(idx["val"]),
         "n_test": len(test_ds),
         "postprocessing": postprocessing.to_dict(),
         "epochs_run": fit.epochs_run,
@@ -303,6 +298,8 @@ def _run_one(
         "seconds": time.perf_counter() - t0,
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    if last.is_file():
+        last.unlink()  # optimizer state is no longer needed once the run is finished and recorded
     return result
 
 

@@ -1,6 +1,7 @@
 """The training workflow: a run config + an output folder -> checkpoints, a split file and a test report.
 
-Used by ``mtunet train``, the Train widget, the demo and the experiments::
+Used by ``mtunet train``, the Train widget, the demo, the experiments (``mtunet experiment``, one fold per
+run: they pass the loaded dataset and the fold's split) and the studies::
 
     outcome = drive(iter_train(run, "runs/busi"), callbacks=[printer])
 
@@ -66,18 +67,23 @@ class RunFolder:
     def __init__(self, out_dir: str | os.PathLike):
         self.path = Path(out_dir)
         self._lock = None
+        self.created = False
 
     def __enter__(self) -> RunFolder:
         from filelock import FileLock, Timeout
 
+        from ..outputs import claim_output_dir
+
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: exists and is not a folder; choose another output folder")
-        try:
+        if int(os.environ.get("RANK", "0")) != 0:
             self.path.mkdir(parents=True, exist_ok=True)
+            return self  # under torchrun, rank 0 holds the folder for the whole run
+        self.created = not self.path.exists()
+        try:  # marked as napari-mtunet's outputs (never read as data) when it is new or empty
+            claim_output_dir(self.path, "training run")
         except OSError as exc:
             raise RunFolderError(f"{self.path}: cannot create the output folder ({exc.strerror or exc})") from None
-        if int(os.environ.get("RANK", "0")) != 0:
-            return self  # under torchrun, rank 0 holds the folder for the whole run
         self._lock = FileLock(str(self.path / LOCK_NAME), timeout=0)
         try:
             self._lock.acquire()
@@ -88,9 +94,24 @@ class RunFolder:
             ) from None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self._lock is not None:
             self._lock.release()
+        if exc_type is not None and self.created and not self.checkpoints():
+            self._remove()  # a run that failed before its first checkpoint leaves nothing behind
+
+    def _remove(self) -> None:
+        from ..outputs import MARKER
+
+        for name in (LOCK_NAME, SPLITS_NAME, MARKER):
+            try:
+                (self.path / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+        try:
+            self.path.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
 
     def checkpoints(self) -> list[Path]:
         return sorted(p for p in self.path.glob("*.safetensors") if not p.name.startswith("."))
@@ -149,6 +170,27 @@ def _resume_run(resume: Path, requested: RunConfig, dataset_classes: list[str]) 
     return RunConfig.from_dict(d)
 
 
+def check_can_start(run: RunConfig, out_dir: str | os.PathLike, *, resume: str | os.PathLike | None = None,
+                    data_root: str | os.PathLike | None = None) -> None:
+    """What fails at once, checked before the dataset is read or the run folder made: the output place
+    (never among the data: :mod:`napari_mtunet.outputs`) and the encoder's pretrained weights (offline, the
+    hub copy fails within seconds, naming the alternatives)."""
+    from ..outputs import check_output_dir
+
+    root = data_root if data_root is not None else run.data.root
+    if root:
+        check_output_dir(out_dir, [root], what="output folder of the run")
+    weights = run.model.encoder_weights
+    if resume is None and weights == "imagenet":
+        from ..encoders import imagenet_weights_file
+
+        imagenet_weights_file(run.model.encoder_name)  # packaged, cached or downloaded now; else a clear error
+    elif resume is None and weights and not Path(str(weights)).is_file():
+        from ..encoders import EncoderWeightsError
+
+        raise EncoderWeightsError(f"encoder weights file not found: {weights}")
+
+
 def iter_train(
     run: RunConfig,
     out_dir: str | os.PathLike,
@@ -159,10 +201,14 @@ def iter_train(
     evaluate_test: bool = True,
     store: dict | None = None,
     extra_training_metadata: dict[str, Any] | None = None,
+    loaded: Any = None,
+    split: Any = None,
 ) -> Iterator[TrainEvent]:
     """Train ``run`` into ``out_dir`` (a generator of events; returns a :class:`TrainOutcome`).
 
-    ``resume``: a ``last.safetensors`` of an earlier run in ``out_dir``.
+    ``resume``: a ``last.safetensors`` of an earlier run in ``out_dir``.  ``loaded``: the dataset, already
+    loaded (default: loaded from ``run.data``); ``split``: the split to train with (default: made from
+    ``run.data``, or the run folder's ``splits.json`` when resuming) -- experiments pass their folds.
     """
     from ..data import load_splits, save_splits
     from ..device import empty_cache, resolve_device
@@ -171,6 +217,7 @@ def iter_train(
     from .data import load, prepare
 
     resolve_device(run.train.device)  # a clear error before any data is read
+    check_can_start(run, out_dir, resume=resume, data_root=getattr(loaded, "root", None))  # before any file is written
     with RunFolder(out_dir) as folder:
         out = folder.path
         is_main = int(os.environ.get("RANK", "0")) == 0
@@ -182,13 +229,13 @@ def iter_train(
             )
         if resume_path is not None and not resume_path.is_file():
             raise RunFolderError(f"{resume_path}: no such checkpoint to resume from")
-        yield Status(f"Loading the dataset from {run.data.root} …")
-        loaded = load(run.data)
-        split = None
+        if loaded is None:
+            yield Status(f"Loading the dataset from {run.data.root} …")
+            loaded = load(run.data)
         if resume_path is not None:
             run = _resume_run(resume_path, run, loaded.class_names)
             split_file = out / SPLITS_NAME
-            if split_file.is_file():
+            if split is None and split_file.is_file():
                 split = load_splits(split_file)[0]
                 try:
                     split.select(loaded.samples, loaded.root, strict=True)
