@@ -232,9 +232,17 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .workflows import iter_predict_files
 
-    outcome = _drive(iter_predict_files(args.checkpoint, args.inputs, args.out, fmt=args.format,
-                                        threshold=args.threshold, mode=args.mode, device=args.device,
-                                        backend=args.backend))
+    job = iter_predict_files(args.checkpoint, args.inputs, args.out, fmt=args.format, threshold=args.threshold,
+                             mode=args.mode, device=args.device, backend=args.backend)
+    try:
+        outcome = _drive(job)
+    except KeyboardInterrupt as exc:  # the workflow says how far it got (the table keeps its .partial name)
+        job.close()
+        print(f"mtunet: interrupted: {exc}" if str(exc) else "mtunet: interrupted; the predictions table in "
+              f"{args.out} keeps its .partial name (the run is incomplete)", file=sys.stderr)
+        return 130
+    if not outcome.complete:
+        return EXIT_ERROR
     return 0 if outcome.n_ok else EXIT_ERROR
 
 
@@ -479,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict masks and classes for image files or folders")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", help="image files or folders (ground-truth *_mask* files are skipped)")
-    p.add_argument("--out", required=True, help="output folder: predictions.csv + masks/ (outside any dataset)")
+    p.add_argument("--out", required=True,
+                   help="output folder: predictions.csv + masks/ (never the input folder; a new folder beside or inside it is fine)")
     p.add_argument("--format", choices=("png", "tiff"), default="png")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--mode", choices=("auto", "resize", "native", "tiled"), default="auto")

@@ -152,6 +152,7 @@ def iter_finetune(
     from ..checkpoint import load_checkpoint
     from ..data.dataset import collate_batch, dataset_labels
     from ..device import empty_cache, resolve_device
+    from ..outputs import check_output_dir
     from ..training import Trainer
     from ..training.finetune import parent_record
     from .data import load
@@ -160,6 +161,7 @@ def iter_finetune(
     cfg = config or FinetuneConfig()
     device = resolve_device(cfg.device)
     checkpoint = Path(checkpoint)
+    check_output_dir(out_dir, [p for p in (dataset, replay) if p], what="output folder of the fine-tuning")
     with RunFolder(out_dir) as folder:
         if folder.checkpoints():
             raise RunFolderError(f"{folder.path} already holds checkpoints; choose another output folder")
