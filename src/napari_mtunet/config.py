@@ -604,6 +604,9 @@ class InteractiveConfig(_Dict):
     #: Prediction: clicked pixels end on the clicked side (positive inside the mask, negative outside) and
     #: only the parts of the mask the prompts point at are kept.
     enforce_clicks: bool = True
+    #: Prediction: prompted passes also average with the mirror image when the model's post-processing chose
+    #: left-right test-time augmentation (twice the time per click).
+    tta: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= _finite("prompted_per_image", self.prompted_per_image) <= 4.0:

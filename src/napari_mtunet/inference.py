@@ -237,7 +237,7 @@ class Predictor:
         return "tiled"
 
     @torch.inference_mode()
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _forward(self, batch: torch.Tensor, hflip_tta: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(B,3,H,W) float in [0,1] on device -> (seg probabilities (B,K,H,W), class probabilities (B,C))."""
         if batch.device.type == "cpu" and self._ort is None:
             # channels_last: ~30% less CPU time per forward than NCHW for the mobilenet_v2 UNet (oneDNN;
@@ -247,10 +247,8 @@ class Predictor:
             n, c, h, w = batch.shape
             if batch.stride() != (c * h * w, 1, w * c, c):
                 batch = batch.clone(memory_format=torch.channels_last)
-        if self._ort is None:
-            out = forward_with_tta(self.model, batch, hflip_tta=self.postprocessing.hflip_tta)
-        else:
-            out = forward_with_tta(self._ort, batch, hflip_tta=self.postprocessing.hflip_tta)
+        tta = self.postprocessing.hflip_tta if hflip_tta is None else hflip_tta
+        out = forward_with_tta(self.model if self._ort is None else self._ort, batch, hflip_tta=tta)
         for name, t in (("segmentation", out.seg), ("class", out.cls)):
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise NonFiniteOutputError(
@@ -546,7 +544,7 @@ class Predictor:
         size = (self.image_size, self.image_size)
         x = F.interpolate(self._to_tensor(crop), size=size, mode="bilinear", antialias=True, align_corners=False)
         guidance = torch.from_numpy(encode(prompts, region, size, cfg.click_radius))[None].to(x)
-        seg, cls = self._forward(torch.cat([x, guidance], dim=1))
+        seg, cls = self._forward(torch.cat([x, guidance], dim=1), hflip_tta=self.postprocessing.hflip_tta and cfg.tta)
         prob = np.zeros((h, w), np.float32)
         if seg is not None:
             p = F.interpolate(seg[:, :1].float(), size=(ch, cw), mode="bilinear", align_corners=False)
