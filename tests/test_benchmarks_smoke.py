@@ -145,3 +145,11 @@ def test_onnx_backend(tmp_path, monkeypatch):
         assert agree["mask_pixels"] > 0 and agree["max_abs_class_probability_diff"] >= 0
     assert len(doc["targets"]) == 6
     assert "MTUNET_CACHE_DIR" not in os.environ  # the script's private ONNX cache is gone with it
+
+
+def test_interactive(tmp_path, monkeypatch):
+    doc = run_script("interactive", tmp_path, monkeypatch)
+    names = {t["name"] for t in doc["targets"]}
+    assert names == {"box/automatic", "first_click/automatic", "next_click/automatic"}
+    ratios = doc["results"][0]["ratios"]
+    assert set(ratios) == {"box", "first_click", "next_click"} and all(r > 0 for r in ratios.values())
