@@ -114,3 +114,42 @@ def test_workflows_do_not_depend_on_front_ends():
         if mod.startswith(("napari_mtunet.workflows", "napari_mtunet.training", "napari_mtunet.data")):
             assert not any(d in ("napari_mtunet.cli", "napari_mtunet._reader") or d.startswith(FRONT_END)
                            for d in inner), (mod, inner)
+
+
+def _unit(mod: str) -> str:
+    """The top-level unit of a module: ``napari_mtunet.data.io`` -> ``napari_mtunet.data``."""
+    parts = mod.split(".")
+    return ".".join(parts[:2])
+
+
+def test_no_cycles_between_packages_either():
+    """Collapsed to top-level units (``data``, ``inference``, ``export``, ``modelfiles`` ...), every import
+    arrow runs one way (the root package's lazy re-exports excluded)."""
+    edges: dict[str, set[str]] = {}
+    for mod, (inner, _) in _graph().items():
+        if mod == "napari_mtunet":
+            continue
+        for dep in inner:
+            a, b = _unit(mod), _unit(dep)
+            if a != b and b != "napari_mtunet":
+                edges.setdefault(a, set()).add(b)
+                edges.setdefault(b, set())
+    assert _cycles(edges) == []
+
+
+def test_reading_model_files_sits_below_inference_and_export_only_writes():
+    """Checkpoints, ONNX graphs, packages and the ONNX Runtime backend are read by ``modelfiles`` (below
+    inference); ``export`` writes files for others and only front ends call it."""
+    front = ("napari_mtunet.cli", "napari_mtunet.widgets", "napari_mtunet._reader", "napari_mtunet._writer")
+    above_modelfiles = ("napari_mtunet.inference", "napari_mtunet.export", "napari_mtunet.workflows",
+                        "napari_mtunet.training", "napari_mtunet.explain") + front
+    graph = _graph()
+    assert any(m.startswith("napari_mtunet.modelfiles.") for m in graph)
+    for mod, (inner, _) in graph.items():
+        if mod.startswith("napari_mtunet.modelfiles"):
+            bad = sorted(d for d in inner if d.startswith(above_modelfiles))
+            assert not bad, (mod, bad)
+        if mod.startswith(("napari_mtunet.inference", "napari_mtunet.training", "napari_mtunet.workflows",
+                           "napari_mtunet.data", "napari_mtunet.modelfiles", "napari_mtunet.checkpoint")):
+            bad = sorted(d for d in inner if d.startswith("napari_mtunet.export"))
+            assert not bad, (mod, bad)

@@ -117,7 +117,8 @@ def test_mismatched_shapes_give_clear_error(tmp_path, tiny_model):
 
     def four_classes(m):
         m["model"]["num_classes"] = 4
-        m["model"]["class_names"] = ["a", "b", "c", "d"]
+        m["model"]["class_names"] = m["class_names"] = ["a", "b", "c", "d"]
+        m["run"] = None
 
     _rewrite_metadata(path, four_classes)
     with pytest.raises(CheckpointError, match="wrong shape"):

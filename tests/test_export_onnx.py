@@ -16,6 +16,8 @@ from napari_mtunet.config import ModelConfig, Preprocessing  # noqa: E402
 from napari_mtunet.export import ExportError, export_model, export_onnx  # noqa: E402
 from napari_mtunet.export import onnx_model  # noqa: E402
 from napari_mtunet.inference import Predictor  # noqa: E402
+from napari_mtunet.modelfiles import onnx_runtime  # noqa: E402
+from napari_mtunet.modelfiles.errors import OnnxModelError  # noqa: E402
 from napari_mtunet.model import build_model  # noqa: E402
 from napari_mtunet.sample_data import make_phantom  # noqa: E402
 
@@ -212,7 +214,7 @@ def test_onnx_file_not_from_napari_mtunet_is_refused(tmp_path):
     )
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(path))
-    with pytest.raises(ExportError, match="foreign.onnx: an ONNX file, but not one exported by napari-mtunet"):
+    with pytest.raises(OnnxModelError, match="foreign.onnx: an ONNX file, but not one exported by napari-mtunet"):
         Predictor(path, backend="onnxruntime")
 
 
@@ -220,8 +222,8 @@ def test_exported_graph_is_cached_and_a_damaged_cache_is_rebuilt(checkpoint, tmp
     Predictor(checkpoint, backend="onnxruntime")
     (cached,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
     calls = []
-    real = onnx_model.onnx_file_for
-    monkeypatch.setattr(onnx_model, "onnx_file_for", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = onnx_runtime.onnx_file_for
+    monkeypatch.setattr(onnx_runtime, "onnx_file_for", lambda *a, **k: calls.append(1) or real(*a, **k))
     Predictor(checkpoint, backend="onnxruntime")
     assert calls == []  # reused
     cached.write_bytes(b"truncated")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_mtunet.training.metrics import (
+    EvaluationReport,
     bootstrap_ci,
     classification_metrics,
     dice_iou_per_image,
@@ -108,7 +109,8 @@ def test_vectorised_bootstrap_equals_the_loop_on_the_same_resamples():
         prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
         prob[5] = prob[6]  # ties in the scores
         pred = prob.argmax(1)
-        batched = M._batched_classification(y, pred, prob, k)
+        batched = [lambda i: M.accuracy(y, pred, i), lambda i: M.balanced_accuracy(y, pred, i),
+                   lambda i: M.macro_f1(y, pred, list(range(k)), i), M._batched_auc(y, prob, k)]
         idx = M.bootstrap_indices(n, 200, seed=1)
         from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
@@ -140,3 +142,73 @@ def test_vectorised_bootstrap_equals_the_loop_on_the_same_resamples():
     pooled = M.batched_pooled_dice(inter, ps, ts)(idx)
     expected = [1.0 if ps[r].sum() + ts[r].sum() == 0 else 2 * inter[r].sum() / (ps[r].sum() + ts[r].sum()) for r in idx]
     np.testing.assert_allclose(pooled, expected)
+
+
+# --------------------------------------------------------------------------- a class absent from the split
+
+
+def _absent_class_case(seed: int = 0, n0: int = 9, n1: int = 7, k: int = 3):
+    rng = np.random.default_rng(seed)
+    y = np.array([0] * n0 + [1] * n1)
+    prob = rng.dirichlet(np.ones(k), size=len(y))
+    prob[0] = [0.1, 0.1, 0.8] + [0.0] * (k - 3)  # at least one prediction into the absent class
+    return y, prob / prob.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("k,missing", [(3, [2]), (4, [2, 3])])
+def test_macro_averages_run_over_the_classes_present_and_name_the_absent(k, missing):
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    names = ["benign", "malignant", "normal", "other"][:k]
+    y, prob = _absent_class_case(k=k)
+    pred = prob.argmax(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = classification_metrics(y, prob, names, n_boot=300)
+        text = EvaluationReport("test", len(y), c).format()
+    assert caught == [], [str(w.message) for w in caught]  # no raw RuntimeWarning / UserWarning
+    present = [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want_f1 = f1_score(y, pred, labels=present, average="macro", zero_division=0)
+        want_bacc = balanced_accuracy_score(y, pred)
+    assert c["macro_f1"].value == pytest.approx(want_f1)
+    assert c["balanced_accuracy"].value == pytest.approx(want_bacc)
+    # the same classes in both averages: F1 is not dragged down by a 0 for a class with no images
+    assert c["absent_classes"] == [names[i] for i in missing]
+    assert c["averaged_over"] == ["benign", "malignant"]
+    assert "no image of class" in text and all(names[i] in text for i in missing)
+    assert "absent from this split" in text
+    d = EvaluationReport("test", len(y), c).to_dict()
+    assert d["classification"]["absent_classes"] == [names[i] for i in missing]
+
+
+def test_every_class_present_reports_no_absent_note():
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1, 2] * 6)
+    prob = rng.dirichlet(np.ones(3), size=len(y))
+    c = classification_metrics(y, prob, ["a", "b", "c"], n_boot=100)
+    assert c["absent_classes"] == [] and c["averaged_over"] == ["a", "b", "c"]
+    assert "no image of class" not in EvaluationReport("test", len(y), c).format()
+
+
+def test_pooled_dice_and_balanced_accuracy_have_one_definition_each():
+    """The fine-tune scores, validation and the bootstrap all call the same two functions."""
+    import inspect
+
+    from napari_mtunet.training import metrics as M
+    from napari_mtunet.training import validation
+    from napari_mtunet.workflows import finetune
+
+    assert validation.balanced_accuracy is M.balanced_accuracy
+    src = inspect.getsource(finetune.scores)
+    assert "pooled_dice(" in src and "2.0 *" not in src
+    pm = np.zeros((2, 4, 4), bool)
+    tm = np.zeros((2, 4, 4), bool)
+    pm[0, :2] = tm[0, 1:3] = True
+    assert M.pooled_dice(*M.seg_sums(pm, tm)) == pytest.approx(2 * 4 / (8 + 8))
+    assert M.pooled_dice(*M.seg_sums(np.zeros((1, 3, 3)), np.zeros((1, 3, 3)))) == 1.0
+    assert M.balanced_accuracy(np.array([0, 0, 1]), np.array([0, 1, 1])) == pytest.approx(0.75)
+    assert math.isnan(M.balanced_accuracy(np.zeros(0), np.zeros(0)))

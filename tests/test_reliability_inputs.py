@@ -147,7 +147,7 @@ BAD_IMAGES = {
     "nan_pixels.tif": (b_nan, {"wrong_format"}, "NaN"),
     "inf_pixels.tif": (b_inf, {"wrong_format"}, "infinite"),
     "complex_pixels.tif": (b_complex, {"wrong_format"}, "complex"),
-    "five_channels.tif": (b_five_channels, {"wrong_format"}, "shape"),
+    "five_channels.tif": (b_five_channels, {"colour_model"}, "extra samples"),
 }
 
 

@@ -22,13 +22,27 @@ one line (``mtunet: error: ...``) and exit with status 1 (set
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import FinetuneConfig, RunConfig
+from .config import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, FinetuneConfig, RunConfig
+from .textsafe import escape_lines
+
+
+def print(*args: Any, **kwargs: Any) -> None:  # noqa: A001 - every line this module prints goes through here
+    """``print`` with names and paths made safe for a terminal (:mod:`napari_mtunet.textsafe`): control,
+    bidi-override and lone-surrogate characters are shown as escapes; a leading carriage return (a progress
+    line rewriting itself) is kept."""
+    builtins.print(*(_safe_text(a) if isinstance(a, str) else a for a in args), **kwargs)
+
+
+def _safe_text(text: str) -> str:
+    return "\r" + escape_lines(text[1:]) if text.startswith("\r") else escape_lines(text)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -580,6 +594,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("encoder")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.set_defaults(func=cmd_fetch_weights)
+    return bound_numeric_options(parser)
+
+
+#: Bounds of every numeric option, by destination: ``(low, high, low excluded)``.  A numeric option missing
+#: here is refused when the parser is built, so none can reach torch or numpy unchecked (``--threads 65536``
+#: crashed torch).  Limits that the config has are the config's.
+NUMERIC_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "threads": (1, 1024, False),
+    "epochs": (1, MAX_EPOCHS, False), "batch_size": (1, MAX_BATCH, False), "image_size": (32, MAX_IMAGE_SIZE, False),
+    "lr": (0.0, 10.0, True), "encoder_lr_scale": (0.0, 10.0, False), "warmup_epochs": (0.0, MAX_EPOCHS, False),
+    "w_seg": (0.0, 1e6, False), "w_cls": (0.0, 1e6, False), "grad_clip": (0.0, 1e6, True),
+    "patience": (0, MAX_EPOCHS, False), "val_fraction": (0.0, 0.99, False), "test_fraction": (0.0, 0.99, False),
+    "fold": (0, 99, False), "folds": (2, 100, False), "max_samples": (2, 10**9, False), "workers": (0, 256, False),
+    "seed": (0, 2**32 - 1, False), "n_boot": (0, 10_000, False), "threshold": (0.0, 1.0, False),
+    "replay_ratio": (0.0, 100.0, False), "steps_per_sample": (0.0, 1000.0, True), "check_fraction": (0.0, 0.99, False),
+    "max_clicks": (1, 100, False), "n": (8, 100_000, False), "size": (32, 1024, False), "repeats": (1, 100, False),
+}
+#: Comma-separated integer lists, by destination: ``(low, high)`` of each item.
+LIST_BOUNDS: dict[str, tuple[int, int]] = {"ks": (1, 100_000), "only_folds": (0, 99)}
+
+
+def _range_text(kind: type, lo: float, hi: float, lo_open: bool) -> str:
+    what = "an integer" if kind is int else "a number"
+    return f"{what} {'above' if lo_open else 'from'} {lo:g} {'up to' if lo_open else 'to'} {hi:g}"
+
+
+def _bounded_type(kind: type, dest: str) -> Any:
+    lo, hi, lo_open = NUMERIC_BOUNDS[dest]
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {_range_text(kind, lo, hi, lo_open)}, got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or value < lo or (lo_open and value == lo) or value > hi:
+            raise argparse.ArgumentTypeError(f"must be {_range_text(kind, lo, hi, lo_open)}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _int_list_type(dest: str) -> Any:
+    lo, hi = LIST_BOUNDS[dest]
+
+    def parse(text: str) -> str:
+        items = [t.strip() for t in str(text).split(",") if t.strip()]
+        try:
+            values = [int(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or any(not lo <= v <= hi for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers from {lo} to {hi}, got {text!r}")
+        return ",".join(str(v) for v in values)
+
+    return parse
+
+
+def bound_numeric_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give every int/float option of ``parser`` (and its sub-commands) its range from :data:`NUMERIC_BOUNDS`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                bound_numeric_options(sub)
+        elif action.type in (int, float):
+            if action.dest not in NUMERIC_BOUNDS:
+                raise RuntimeError(f"numeric option {action.option_strings or action.dest} has no bounds in "
+                                   "NUMERIC_BOUNDS")
+            action.type = _bounded_type(action.type, action.dest)
+        elif action.dest in LIST_BOUNDS:
+            action.type = _int_list_type(action.dest)
     return parser
 
 

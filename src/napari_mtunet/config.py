@@ -43,6 +43,7 @@ GUIDANCE_CHANNELS: tuple[str, ...] = ("positive_clicks", "negative_clicks", "pre
 DOCUMENTED_ENCODERS: tuple[str, ...] = ("mobilenet_v2", "vgg16", "timm-tf_efficientnet_lite0")
 
 from .encoders import IMAGENET_MEAN, IMAGENET_STD, pretrained_normalization  # noqa: F401 - torch-free table
+from .textsafe import check_name, escape  # noqa: E402 - names shown to people are checked where they enter
 
 #: Upper bounds on what a configuration may describe (far above any real model);
 #: they keep an untrusted checkpoint from making us allocate absurd networks.
@@ -298,14 +299,18 @@ class ModelConfig(_Dict):
                     f"{len(self.class_names)} class names given for num_classes={self.num_classes}"
                 )
             if len(set(self.class_names)) != len(self.class_names):
-                raise ConfigError(f"class names must be unique: {self.class_names}")
-            bad = [c for c in self.class_names if not c.strip() or len(c) > MAX_NAME_CHARS or c != c.strip()
-                   or any(ch in c for ch in "\r\n\t\0")]
+                raise ConfigError(f"class names must be unique: {[escape(c[:60]) for c in self.class_names[:20]]}")
+            bad = [c for c in self.class_names if not c.strip() or len(c) > MAX_NAME_CHARS or c != c.strip()]
             if bad:
                 raise ConfigError(
                     f"class names must be non-empty single-line text without surrounding spaces "
-                    f"(<= {MAX_NAME_CHARS} characters), got {bad[0][:60]!r}"
+                    f"(<= {MAX_NAME_CHARS} characters), got '{escape(bad[0][:60])}'"
                 )
+            for c in self.class_names:  # control, bidi-override and lone-surrogate characters (textsafe)
+                try:
+                    check_name(c)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
         else:
             self.class_names = [f"class_{i}" for i in range(int(self.num_classes))]
 

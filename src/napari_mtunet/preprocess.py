@@ -23,8 +23,10 @@ def _describe(where: str | None) -> str:
 def to_float_rgb(image: np.ndarray, *, where: str | None = None) -> np.ndarray:
     """Convert a 2-D image (grey, grey+1 channel, RGB or RGBA) to float32 RGB in [0, 1].
 
-    - integer dtypes are divided by their dtype maximum (uint8 by 255, uint16 by
-      65535; bool -> {0, 1}), so intensities mean the same across images;
+    - 8- and 16-bit integer dtypes are divided by their dtype maximum (uint8 by
+      255, uint16 by 65535; signed ones shifted first; bool -> {0, 1}), so
+      intensities mean the same across images; 32/64-bit integers have no such
+      range and are min-max scaled per image, like floats;
     - float images within ``[0, 1]`` are kept, other float ranges are min-max
       scaled per image (documented: absolute float intensities are not
       comparable across files);
@@ -48,6 +50,10 @@ def to_float_rgb(image: np.ndarray, *, where: str | None = None) -> np.ndarray:
         arr = arr[..., :3]
     if arr.dtype == bool:
         out = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize > 2:
+        # 32/64-bit integers have no fixed intensity range (dividing by 2**31 would make every image one grey):
+        # min-max scaled per image, like floats outside [0, 1]
+        out = scale_to_unit(arr, arr.min(), arr.max())
     elif np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
         out = arr.astype(np.float32)
@@ -99,12 +105,35 @@ def scale_to_unit(arr: np.ndarray, lo, hi) -> np.ndarray:
 
 
 def to_binary_mask(mask: np.ndarray, *, where: str | None = None) -> np.ndarray:
-    """Any non-zero pixel is foreground; RGB(A) masks count a pixel if any channel is non-zero."""
+    """The mask rule: ``uint8 (H, W)`` in {0, 1} from a decoded mask.
+
+    - ``(H, W)``: any non-zero value is foreground;
+    - ``(H, W, 3)`` colour: a pixel is foreground when any channel is non-zero;
+    - ``(H, W, 2)`` grey + alpha and ``(H, W, 4)`` RGBA (the alpha rule):
+      alpha that is the same everywhere carries nothing and is ignored;
+      otherwise transparent pixels (alpha 0) are background, and visible
+      pixels are foreground when their colour is non-zero -- or all of them
+      when every visible pixel has the same colour (a lesion drawn only in
+      the alpha channel, as some annotation tools save it).
+    """
     pre = _describe(where)
     arr = np.asarray(mask)
-    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
-        arr = arr.any(axis=-1) if arr.shape[-1] > 1 else arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ImageFormatError(f"{pre}mask contains NaN or infinite values")
+        if arr.shape[-1] == 3:
+            return arr.any(axis=-1).astype(np.uint8)
+        colour, alpha = arr[..., :-1], arr[..., -1]
+        painted = colour.any(axis=-1)
+        if alpha.size == 0 or alpha.min() == alpha.max():
+            return painted.astype(np.uint8)
+        visible = alpha != 0
+        shown = colour[visible]
+        if len(shown) and (shown == shown[0]).all():
+            return visible.astype(np.uint8)
+        return (visible & painted).astype(np.uint8)
     if arr.ndim != 2:
         raise ImageFormatError(f"{pre}expected a 2-D mask, got shape {np.asarray(mask).shape}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():

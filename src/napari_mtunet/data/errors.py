@@ -46,6 +46,13 @@ class UnsupportedFormatError(DataError):
     kind = "wrong_format"
 
 
+class UnsupportedColourModelError(UnsupportedFormatError):
+    """A colour model (photometric interpretation) that is refused by name rather than guessed at
+    (see the table in docs/datasets.md)."""
+
+    kind = "colour_model"
+
+
 class UnreadableFileError(DataError):
     kind = "unreadable"
 

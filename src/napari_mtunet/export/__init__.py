@@ -1,4 +1,5 @@
-"""Models that travel: ONNX and bioimage.io export, and opening exported packages.
+"""Models that travel: ONNX and bioimage.io export (this package only writes; reading model files, packages
+included, is :mod:`napari_mtunet.modelfiles`, re-exported here for convenience).
 
 Front ends (``mtunet export``, the Predict widget) call :func:`export_model`::
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import ExportError
-from .package import extract_checkpoint, is_bioimageio_package, open_model
+from ..modelfiles.package import extract_checkpoint, is_bioimageio_package, open_model
 
 #: Formats accepted by :func:`export_model` and the file suffix each one writes.
 FORMATS = {"onnx": ".onnx", "bioimageio": ".zip"}

@@ -126,43 +126,82 @@ def batched_mean(values: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda idx: values[idx].mean(axis=1)
 
 
+def _rows(n: int, idx: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """``(index matrix (B, n), single)``: all items once when ``idx`` is None."""
+    if idx is None:
+        return np.arange(n)[None], True
+    return np.asarray(idx), False
+
+
+def pooled_dice(inter: np.ndarray, p_sum: np.ndarray, t_sum: np.ndarray, idx: np.ndarray | None = None):
+    """Global (pooled-pixel) Dice ``2 * sum|P&T| / (sum|P| + sum|T|)``; 1 when every mask is empty.
+
+    From per-image sums (:func:`seg_sums`); ``idx`` (B, n): one value per
+    resample (vectorised bootstrap), else one float over all images.
+    """
+    inter, p_sum, t_sum = (np.asarray(v, dtype=np.float64) for v in (inter, p_sum, t_sum))
+    rows, single = _rows(len(inter), idx)
+    d = p_sum[rows].sum(1) + t_sum[rows].sum(1)
+    out = np.where(d == 0, 1.0, 2.0 * inter[rows].sum(1) / np.where(d == 0, 1.0, d))
+    return float(out[0]) if single else out
+
+
 def batched_pooled_dice(inter: np.ndarray, p_sum: np.ndarray, t_sum: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Global (pooled-pixel) Dice over each resample."""
-    def stat(idx: np.ndarray) -> np.ndarray:
-        d = p_sum[idx].sum(1) + t_sum[idx].sum(1)
-        return np.where(d == 0, 1.0, 2.0 * inter[idx].sum(1) / np.where(d == 0, 1.0, d))
-
-    return stat
+    return lambda idx: pooled_dice(inter, p_sum, t_sum, idx)
 
 
-def _batched_classification(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.ndarray, k: int):
-    """Vectorised bootstrap statistics (accuracy, balanced accuracy, macro F1, OvR AUC) over index matrices."""
-    correct = (y_true == y_pred).astype(np.float64)
-    t_onehot = (y_true[:, None] == np.arange(k)[None]).astype(np.float64)  # (n, k)
-    p_onehot = (y_pred[:, None] == np.arange(k)[None]).astype(np.float64)
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray | None = None):
+    """Share of correct predictions (per resample when ``idx`` (B, n) is given)."""
+    correct = (np.asarray(y_true) == np.asarray(y_pred)).astype(np.float64)
+    if not len(correct):
+        return _nan() if idx is None else np.full(len(idx), np.nan)
+    rows, single = _rows(len(correct), idx)
+    out = correct[rows].mean(axis=1)
+    return float(out[0]) if single else out
 
-    def counts(idx: np.ndarray, per_item: np.ndarray) -> np.ndarray:
-        # per resample and class: sum of per_item over the resampled items -> (B, k)
-        return per_item[idx].sum(axis=1)
 
-    def acc(idx):
-        return correct[idx].mean(axis=1)
+def _class_counts(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int], rows: np.ndarray):
+    """Per resample and class: ``(support, true positives, predicted)``, each ``(B, k)``."""
+    labels = np.asarray(list(labels))
+    t_onehot = (np.asarray(y_true)[:, None] == labels[None]).astype(np.float64)  # (n, k)
+    p_onehot = (np.asarray(y_pred)[:, None] == labels[None]).astype(np.float64)
+    return t_onehot[rows].sum(axis=1), (t_onehot * p_onehot)[rows].sum(axis=1), p_onehot[rows].sum(axis=1)
 
-    def bacc(idx):
-        support = counts(idx, t_onehot)
-        hits = counts(idx, t_onehot * correct[:, None])
-        recall = np.where(support > 0, hits / np.where(support > 0, support, 1), np.nan)
-        return np.nanmean(recall, axis=1)
 
-    def f1(idx):
-        tp = counts(idx, t_onehot * p_onehot)
-        fp = counts(idx, (1 - t_onehot) * p_onehot)
-        fn = counts(idx, t_onehot * (1 - p_onehot))
-        denom = 2 * tp + fp + fn
-        return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 0.0).mean(axis=1)
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray | None = None):
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition; per resample with ``idx``).
+
+    A class absent from the ground truth has no recall and is left out (not
+    counted as 0); NaN when there are no labels.  No warnings.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if not len(y_true):
+        return _nan() if idx is None else np.full(len(idx), np.nan)
+    rows, single = _rows(len(y_true), idx)
+    support, hits, _ = _class_counts(y_true, y_pred, np.unique(y_true), rows)
+    present = support > 0
+    recall = np.where(present, hits / np.where(present, support, 1.0), 0.0)
+    out = recall.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    return float(out[0]) if single else out
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[int], idx: np.ndarray | None = None):
+    """Mean F1 over ``labels`` (a class with no true and no predicted item scores 0, like zero_division=0)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if not len(y_true) or not len(labels):
+        return _nan() if idx is None else np.full(len(idx), np.nan)
+    rows, single = _rows(len(y_true), idx)
+    support, tp, predicted = _class_counts(y_true, y_pred, labels, rows)
+    denom = support + predicted  # 2 tp + fp + fn
+    out = np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1.0), 0.0).mean(axis=1)
+    return float(out[0]) if single else out
+
+
+def _batched_auc(y_true: np.ndarray, y_prob: np.ndarray, k: int):
+    """Vectorised bootstrap OvR AUC over index matrices (Mann-Whitney with resampling multiplicities)."""
 
     def auc(idx):
-        # Mann-Whitney form with resampling multiplicities: one pairwise comparison matrix per class.
         n = len(y_true)
         b = len(idx)
         w = np.zeros((b, n))
@@ -181,12 +220,14 @@ def _batched_classification(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.n
             den = wp.sum(1) * wn.sum(1)
             per_class.append(np.where(den > 0, num / np.where(den > 0, den, 1), np.nan))
         vals = np.stack(per_class, axis=1)  # (B, k): NaN where a class is absent from the resample
-        present = np.isfinite(vals).sum(axis=1)
         if k == 2:
             return vals[:, 1]
-        return np.where(present >= 2, np.nanmean(vals, axis=1), np.nan)
+        finite = np.isfinite(vals)
+        present = finite.sum(axis=1)
+        mean = np.where(finite, vals, 0.0).sum(axis=1) / np.maximum(present, 1)
+        return np.where(present >= 2, mean, np.nan)
 
-    return acc, bacc, f1, auc if len(y_true) <= 3000 else None
+    return auc if len(y_true) <= 3000 else None
 
 
 # --------------------------------------------------------------------------- segmentation
@@ -194,14 +235,18 @@ def _batched_classification(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.n
 
 def dice_iou_per_image(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks ``(N, H, W)`` with the empty-mask convention."""
+    return _dice_iou_from_sums(*seg_sums(pred, true))
+
+
+def seg_sums(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image ``(|P&T|, |P|, |T|)`` of binary masks ``(N, H, W)`` (or one ``(H, W)`` pair)."""
     pred = np.asarray(pred).astype(bool)
     true = np.asarray(true).astype(bool)
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
     if pred.ndim == 2:
         pred, true = pred[None], true[None]
-    inter, p_sum, t_sum = _seg_sums(pred, true)
-    return _dice_iou_from_sums(inter, p_sum, t_sum)
+    return _seg_sums(pred, true)
 
 
 def _seg_sums(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -245,8 +290,7 @@ def segmentation_metrics(
         return lambda idx: float(np.mean(base[idx])) if len(base) else _nan()
 
     def global_dice(idx):
-        d = p_sum[idx].sum() + t_sum[idx].sum()
-        return 1.0 if d == 0 else float(2.0 * inter[idx].sum() / d)
+        return pooled_dice(inter, p_sum, t_sum, np.asarray(idx)[None])[0]
 
     n, n_pos = len(dice), len(pos)
     return {
@@ -273,15 +317,16 @@ def classification_metrics(
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro F1, OvR AUC (with CIs), per-class P/R, confusion matrix."""
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        f1_score,
-        precision_recall_fscore_support,
-        roc_auc_score,
-    )
+    """Accuracy, balanced accuracy, macro F1, OvR AUC (with CIs), per-class P/R, confusion matrix.
+
+    Averages over classes (balanced accuracy, macro F1, AUC) run over the
+    classes **present** in the ground truth of this split, all three alike:
+    a class with no image here has no recall, F1 or AUC, and counting it as
+    0 would punish the model for the data.  ``absent_classes`` names them
+    (the report says so); predictions *into* an absent class still count as
+    errors of the present classes.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     y_true = np.asarray(y_true, dtype=np.int64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
@@ -296,39 +341,34 @@ def classification_metrics(
     y_pred = y_prob.argmax(1) if len(y_true) else np.zeros(0, dtype=np.int64)
     labels = list(range(k))
     n = len(y_true)
+    present = [c for c in labels if (y_true == c).any()]
+    averaged = present or labels
 
-    def acc(idx):
-        return accuracy_score(y_true[idx], y_pred[idx])
+    def one(batched):
+        return lambda idx: float(batched(np.asarray(idx)[None])[0])
 
-    def bacc(idx):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return balanced_accuracy_score(y_true[idx], y_pred[idx])
-
-    def f1(idx):
-        return f1_score(y_true[idx], y_pred[idx], labels=labels, average="macro", zero_division=0)
+    b_acc = lambda idx: accuracy(y_true, y_pred, idx)  # noqa: E731
+    b_bacc = lambda idx: balanced_accuracy(y_true, y_pred, idx)  # noqa: E731
+    b_f1 = lambda idx: macro_f1(y_true, y_pred, averaged, idx)  # noqa: E731
+    b_auc = _batched_auc(y_true, y_prob, k)
 
     def auc(idx):
         t = y_true[idx]
-        present = np.unique(t)
-        if len(present) < 2:
+        here = np.unique(t)
+        if len(here) < 2:
             return _nan()
         if k == 2:
             return roc_auc_score(t, y_prob[idx, 1])
-        if len(present) < k:
+        if len(here) < k:
             # OvR AUC over the classes present (macro); sklearn refuses missing ones.
-            scores = [roc_auc_score(t == c, y_prob[idx, c]) for c in present]
-            return float(np.mean(scores))
+            return float(np.mean([roc_auc_score(t == c, y_prob[idx, c]) for c in here]))
         p = y_prob[idx] / np.clip(y_prob[idx].sum(1, keepdims=True), 1e-12, None)
         return roc_auc_score(t, p, multi_class="ovr", average="macro", labels=labels)
 
-    b_acc, b_bacc, b_f1, b_auc = _batched_classification(y_true, y_pred, y_prob, k)
     out: dict[str, Any] = {
-        "accuracy": _metric("accuracy", acc, n, split, n_boot, seed + 10, b_acc),
-        "balanced_accuracy": _metric("balanced accuracy", bacc, n, split, n_boot, seed + 11, b_bacc),
-        "macro_f1": _metric("macro F1", f1, n, split, n_boot, seed + 12, b_f1),
+        "accuracy": _metric("accuracy", one(b_acc), n, split, n_boot, seed + 10, b_acc),
+        "balanced_accuracy": _metric("balanced accuracy", one(b_bacc), n, split, n_boot, seed + 11, b_bacc),
+        "macro_f1": _metric("macro F1", one(b_f1), n, split, n_boot, seed + 12, b_f1),
         "auc_ovr": _metric("ROC AUC (one-vs-rest, macro)", auc, n, split, n_boot, seed + 13, b_auc),
     }
     if n:
@@ -346,7 +386,20 @@ def classification_metrics(
     }
     out["confusion_matrix"] = cm.astype(int).tolist()
     out["class_names"] = list(class_names)
+    out["absent_classes"] = [class_names[c] for c in labels if c not in present] if n else []
+    out["averaged_over"] = [class_names[c] for c in averaged]
     return out
+
+
+def absent_classes_note(classification: dict[str, Any]) -> str | None:
+    """The sentence a report prints when classes have no image in the split (None when all are present)."""
+    absent = list(classification.get("absent_classes") or [])
+    if not absent:
+        return None
+    over = list(classification.get("averaged_over") or [])
+    return (f"no image of class{'es' if len(absent) > 1 else ''} {', '.join(absent)} in this split: "
+            f"balanced accuracy, macro F1 and AUC average the {len(over)} class{'es' if len(over) != 1 else ''} "
+            f"present ({', '.join(over)})")
 
 
 # --------------------------------------------------------------------------- report
@@ -398,8 +451,17 @@ class EvaluationReport:
             lines.append("Classification:")
             for key in ("accuracy", "balanced_accuracy", "macro_f1", "auc_ovr"):
                 lines.append("  " + c[key].format())
+            note = absent_classes_note(c)
+            if note:
+                lines.append("  " + note)
             lines.append("  per class (precision / recall / support):")
-            for name, pc in c["per_class"].items():
+            absent = set(c.get("absent_classes") or [])
+            predicted = [sum(col) for col in zip(*c["confusion_matrix"])] if c["confusion_matrix"] else []
+            for i, (name, pc) in enumerate(c["per_class"].items()):
+                if name in absent:
+                    times = predicted[i] if i < len(predicted) else 0
+                    lines.append(f"    {name}: absent from this split (0 images; predicted for {times})")
+                    continue
                 lines.append(f"    {name}: {pc['precision']:.3f} / {pc['recall']:.3f} / {pc['support']}")
             names = c["class_names"]
             lines.append("  confusion matrix (rows = true, columns = predicted): " + ", ".join(names))

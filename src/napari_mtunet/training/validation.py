@@ -10,14 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .losses import MultiTaskLoss
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in ``y_true`` (scikit-learn's definition, without importing it)."""
-    classes = np.unique(y_true)
-    if len(classes) == 0:
-        return float("nan")
-    return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
+from .metrics import balanced_accuracy, dice_iou_per_image  # balanced_accuracy: re-exported (one definition)
 
 
 @torch.no_grad()
@@ -32,8 +25,6 @@ def run_validation(
     channels_last: bool = False,
 ) -> dict[str, float]:
     """Mean losses and quick metrics (per-image Dice, accuracy, balanced accuracy)."""
-    from .metrics import dice_iou_per_image
-
     was_training = model.training
     model.eval()
     tot = seg = cls = 0.0

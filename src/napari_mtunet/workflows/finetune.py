@@ -71,8 +71,7 @@ class FinetuneOutcome:
 def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) -> dict[str, float]:
     """Per-image Dice (mean) and class accuracy of ``model`` on ``dataset`` (items with masks / labels)."""
     from ..training import predict_dataset
-    from ..training.metrics import dice_iou_per_image
-    from ..training.validation import balanced_accuracy
+    from ..training.metrics import balanced_accuracy, dice_iou_per_image, pooled_dice, seg_sums
 
     preds = predict_dataset(model, dataset, device=device, postprocessing=postprocessing)
     out: dict[str, float] = {"n": float(len(preds.labels))}
@@ -81,8 +80,7 @@ def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) ->
         pm, tm = preds.pred_masks[sel], preds.true_masks[sel]
         out["dice"] = float(dice_iou_per_image(pm, tm)[0].mean())
         # pooled over all pixels: stable on a handful of images, where one empty mask flips a per-image Dice 0 <-> 1
-        denom = float(pm.sum() + tm.sum())
-        out["dice_pooled"] = 1.0 if denom == 0 else float(2.0 * (pm & tm).sum() / denom)
+        out["dice_pooled"] = pooled_dice(*seg_sums(pm, tm))
     if preds.probabilities is not None and preds.has_label.any():
         sel = preds.has_label
         y, p = preds.labels[sel], preds.probabilities[sel].argmax(1)

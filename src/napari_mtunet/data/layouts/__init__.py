@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ...textsafe import check_name, escape
 from ..errors import LayoutError
 from . import busi, generic, isic, lgg, panda, siim
 from ._common import LayoutResult, list_dirs
@@ -104,7 +105,47 @@ def load_layout(name: str, root: Path, options: dict[str, Any] | None = None) ->
     if unknown:
         accepted = [k for k in params if k != "root"]
         raise LayoutError(f"layout {name!r} does not accept option(s) {unknown}; it accepts {accepted or 'none'}")
-    return fn(root, **options)
+    return check_class_names(fn(root, **options))
 
 
-__all__ = ["LAYOUTS", "Layout", "LayoutResult", "detect_layout", "load_layout"]
+def check_class_names(res: LayoutResult) -> LayoutResult:
+    """Drop samples whose class (a class-folder name, a CSV label) cannot be a class name, with a problem each.
+
+    Control, bidirectional-override and unpaired-surrogate characters
+    (:mod:`napari_mtunet.textsafe`) would reach terminals and notifications
+    raw; names longer than the config's limit could not be saved in a model.
+    """
+    kept, refused = [], {}
+    for s in res.samples:
+        label = s.label
+        if label is None:
+            kept.append(s)
+            continue
+        reason = refused.get(label)
+        if reason is None and label not in refused:
+            reason = _class_name_problem(label)
+            refused[label] = reason
+        if reason:
+            res.problem(s.image, "bad_class_name", reason)
+        else:
+            kept.append(s)
+    res.samples = kept
+    if res.class_names is not None:
+        res.class_names = [c for c in res.class_names if not _class_name_problem(c)]
+    return res
+
+
+def _class_name_problem(label: str) -> str:
+    from ...config import MAX_NAME_CHARS
+
+    try:
+        check_name(str(label), what="class name (class folder or label)")
+    except ValueError as exc:
+        return f"{exc}; the image is not used"
+    if len(str(label)) > MAX_NAME_CHARS:
+        return (f"class name '{escape(str(label)[:60])}...' is longer than {MAX_NAME_CHARS} characters; "
+                "the image is not used")
+    return ""
+
+
+__all__ = ["LAYOUTS", "Layout", "LayoutResult", "check_class_names", "detect_layout", "load_layout"]
