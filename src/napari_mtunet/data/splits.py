@@ -12,8 +12,6 @@ relative to the dataset root, plus page/region) so experiments are repeatable.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..paths import write_atomic
 from .errors import SplitError
 from .samples import Sample
 
@@ -272,16 +271,7 @@ def save_splits(path: str | Path, splits: Split | Sequence[Split], *, root: str 
     lst = [splits] if isinstance(splits, Split) else list(splits)
     doc = {"format": SPLIT_FORMAT, "version": 1, "root": str(root) if root else None,
            "splits": [s.to_dict() for s in lst]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, json.dumps(doc, indent=1))  # flushed, umask's mode, renamed into place
 
 
 def load_splits(path: str | Path) -> list[Split]:

@@ -1,9 +1,8 @@
-"""Shared by the exporters: errors, output checks, atomic no-clobber publishing, source loading."""
+"""Shared by the exporters: errors, output checks, atomic no-clobber publishing (through paths.py), source loading."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .. import paths
 
 
 class ExportError(ValueError):
@@ -39,25 +40,15 @@ def check_output(out: str | os.PathLike, suffix: str, *, overwrite: bool, what: 
 
 
 def publish(tmp: Path, out: Path, *, overwrite: bool) -> Path:
-    """Move a finished temporary file into place atomically.
+    """Move a finished temporary file into place (:func:`napari_mtunet.paths.publish`; umask's mode).
 
-    Without ``overwrite`` a hard link creates ``out`` only if it does not
-    exist (atomic, so a file that appeared meanwhile is never replaced);
-    file systems without hard links fall back to check-then-rename.
+    Without ``overwrite`` a file that appeared at ``out`` meanwhile is never
+    replaced: :class:`ExportError`.  ``tmp`` is gone afterwards either way.
     """
     try:
-        if overwrite:
-            os.replace(tmp, out)
-            return out
-        try:
-            os.link(tmp, out)
-        except FileExistsError:
-            raise ExportError(f"{out}: already exists; it was not overwritten") from None
-        except OSError:
-            if out.exists():
-                raise ExportError(f"{out}: already exists; it was not overwritten") from None
-            os.replace(tmp, out)
-        return out
+        return paths.publish(tmp, out, overwrite=overwrite)
+    except FileExistsError:
+        raise ExportError(f"{out}: already exists; it was not overwritten") from None
     finally:
         try:
             os.unlink(tmp)
@@ -67,18 +58,9 @@ def publish(tmp: Path, out: Path, *, overwrite: bool) -> Path:
 
 @contextmanager
 def staging_file(out: Path, suffix: str) -> Iterator[Path]:
-    """A temporary file next to ``out`` (same file system, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp" + suffix, dir=str(out.parent))
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    """A temporary file next to ``out`` with the umask's mode (:func:`napari_mtunet.paths.temporary_sibling`)."""
+    with paths.temporary_sibling(out, suffix) as tmp:
         yield tmp
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def load_source(checkpoint: Any, workdir: Path) -> Source:
