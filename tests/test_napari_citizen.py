@@ -285,7 +285,8 @@ def _run_python(code: str, **env: str) -> dict:
 
 
 def test_contributions_import_no_torch(tmp_path, real_checkpoint):
-    """Each reader, sample-data and dataset-writing path napari (or the user) runs on the GUI thread, without torch."""
+    """Each reader, sample-data and dataset-writing path napari (or the user) runs on the GUI thread, and the
+    modules napari's process loads to talk to the compute process, without torch."""
     from safetensors.numpy import save_file
 
     foreign = tmp_path / "someone_elses.safetensors"
@@ -307,13 +308,13 @@ def test_contributions_import_no_torch(tmp_path, real_checkpoint):
                 claims[path.rsplit("/", 1)[-1]] = fn is not None
         shapes = [np.shape(d) for s in mf.contributions.sample_data for d, *_ in s.open(_registry=pm.commands)]
 
-        from napari_mtunet._writer import write_dataset
+        from napari_mtunet.workflows.annotate import add_samples, sample_items
         img = np.zeros((2, 32, 32), np.uint8)
         lab = np.zeros((2, 32, 32), np.uint8)
         lab[:, 8:16, 8:16] = 1
-        written = write_dataset({str(out)!r}, [(img, {{}}, "image"),
-                                              (lab, {{"metadata": {{"mtunet": {{"classes": ["a", "b"]}}}}}}, "labels")])
+        written = add_samples({str(out)!r}, sample_items(img, lab, ["a", "b"], rgb=False))
         import napari_mtunet.data.layouts, napari_mtunet.data.io  # what the Dataset widget's loader needs
+        import napari_mtunet.widgets.samples, napari_mtunet.compute, napari_mtunet.jobs, napari_mtunet.outputs
         loaded = sorted(m for m in ("torch", "torchvision", "triton", "safetensors") if sys.modules.get(m) is not None)
         print(json.dumps({{"claims": claims, "loaded": loaded, "n_written": len(written), "shapes": shapes}}))
     """)

@@ -76,54 +76,53 @@ def test_read_dataset_layer_data(make_napari_viewer, phantom_root, tmp_path):
         read_dataset(empty)
 
 
-def test_writer_round_trip(make_napari_viewer, tmp_path):
+def test_layers_to_dataset_and_back(make_napari_viewer, tmp_path):
+    """The one Python API that writes layers as samples (the Annotate widget's): napari_mtunet.workflows.annotate."""
+    from napari_mtunet import layer_meta
     from napari_mtunet._reader import read_dataset
-    from napari_mtunet._writer import write_dataset
     from napari_mtunet.data import load_dataset, load_sample
     from napari_mtunet.sample_data import make_phantom
+    from napari_mtunet.workflows.annotate import add_samples, check_pairing, sample_items
 
     ph = make_phantom(n=3, size=64, seed=9)
     viewer = make_napari_viewer()
     image = viewer.add_image(ph.images, name="scan")
-    labels = viewer.add_labels(
-        ph.masks.copy(), name="scan [annotation]",
-        metadata={"mtunet": {"classes": ph.labels, "source_layer": "scan", "is_stack": True}},  # first format
-    )
+    rec = layer_meta.annotation("scan", 3, ph.class_names, is_stack=True)
+    for i, c in enumerate(ph.labels):
+        rec.set_correction(i, c)
+    labels = viewer.add_labels(ph.masks.copy(), name="scan [annotation]", metadata=layer_meta.as_metadata(rec))
+    rec = layer_meta.read(labels.metadata)
+    check_pairing(image.name, image.data.shape, labels.name, labels.data.shape, rec, rgb=False)
+    infos = [rec.slice(i) for i in range(3)]
+    items = sample_items(image.data, labels.data, [s.label for s in infos], rgb=False,
+                         sources=[s.label_source for s in infos])
     out = tmp_path / "exported"
-    written = write_dataset(str(out), [image.as_layer_data_tuple(), labels.as_layer_data_tuple()])
-    assert len(written) == 3
-    # labels alone: the image is found through metadata["mtunet"]["source_layer"]
-    written2 = write_dataset(str(out), [labels.as_layer_data_tuple()])
-    assert len(written2) == 3 and not set(written) & set(written2)
+    added = add_samples(out, items, source="scan")
+    assert len(added) == 3
     report = load_dataset(out, layout="generic")
-    assert len(report.samples) == 6 and not report.errors
+    assert len(report.samples) == 3 and not report.errors
     by_name = {s.image.name: s for s in report.samples}
-    for path, img, msk, lab in zip(written, ph.images, ph.masks, ph.labels):
-        from pathlib import Path
-
-        s = by_name[Path(path).name]
+    for a, img, msk, lab in zip(added, ph.images, ph.masks, ph.labels):
+        s = by_name[Path(a.path).name]
         got_img, got_mask = load_sample(s)
         np.testing.assert_array_equal(got_img, img)
         np.testing.assert_array_equal(got_mask, msk)
         assert s.label == lab
+    rows = list(csv.DictReader(open(out / "labels.csv", encoding="utf-8")))
+    assert [r["source"] for r in rows] == ["scan [0]", "scan [1]", "scan [2]"]
+    assert {r["class_source"] for r in rows} == {"confirmed"}
     # and back as layer data
     layers = read_dataset(out)
+    assert sorted(s.truth for s in layer_meta.read(layers[0][1]["metadata"]).slices) == sorted(ph.labels)
+
+
+def test_layer_metadata_has_one_format():
+    """Only the versioned record is read: the first format (``classes`` / ``class_name``) is not."""
     from napari_mtunet import layer_meta
 
-    assert sorted(s.truth for s in layer_meta.read(layers[0][1]["metadata"]).slices) == sorted(ph.labels * 2)
-    # a file where the dataset folder should be: refused, naming it
-    clash = tmp_path / "clash"
-    clash.write_text("not a folder")
-    with pytest.raises(ValueError, match="clash.*not a folder"):
-        write_dataset(str(clash), [image.as_layer_data_tuple(), labels.as_layer_data_tuple()])
-
-
-def test_writer_refuses_labels_without_image(make_napari_viewer, tmp_path):
-    from napari_mtunet._writer import write_dataset
-
-    make_napari_viewer()
-    with pytest.raises(ValueError, match="image"):
-        write_dataset(str(tmp_path / "x"), [(np.zeros((8, 8), np.uint8), {"metadata": {}}, "labels")])
+    assert layer_meta.read({"mtunet": {"classes": ["benign"], "source_layer": "scan"}}) is None
+    rec = layer_meta.ground_truth(["benign"], ["benign", "normal"], is_stack=False)
+    assert layer_meta.read(layer_meta.as_metadata(rec)) == rec
 
 
 def test_checkpoint_reader_opens_predict_widget(make_napari_viewer, tiny_checkpoint, tmp_path):

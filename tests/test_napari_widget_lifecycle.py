@@ -1,9 +1,10 @@
-"""The widgets in a real napari window (issue 11: points 3, 5 and 9).
+"""The widgets in a real napari window.
 
-- docking a widget imports no torch on napari's GUI thread and does not wait for the background
-  warm-up (a subprocess whose torch import is made slow on purpose);
-- closing napari while the warm-up still runs exits cleanly (it used to abort: SIGABRT);
-- two docked widgets fit a 1600 x 1000 window: the widgets scroll, no control overlaps another;
+- napari's process never imports torch: docking the widgets starts the compute process, which imports
+  the scientific stack (its warm-up) while napari's GUI keeps running;
+- closing napari while the compute process still warms up exits cleanly, and the compute process ends
+  with it (no orphan);
+- two docked widgets fit a 1600 x 1000 window: the settings scroll, no control overlaps another;
 - long paths, hashes and layer names wrap instead of widening the dock;
 - the menu paths the README and the user guide name are the ones napari shows.
 """
@@ -16,6 +17,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,41 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = "napari-mtunet"
 WIDGETS = ["Dataset", "Train", "Predict", "Annotate & fine-tune"]
 
-#: Installed in the subprocesses: executing torch's module takes SLOW_IMPORT_S longer, in whichever thread
-#: imports it, and every attempt of napari's GUI (main) thread to import torch is recorded.  The delay is in
-#: the loader (under torch's own module lock), not in the finder (which runs under Python's global import
-#: lock and would hold up every import): a GUI thread that needs torch while the warm-up imports it waits.
-SLOW_TORCH = """
-import sys, threading, time, importlib.abc
-GUI_TORCH_IMPORTS = []
-class _SlowLoader(importlib.abc.Loader):
-    def __init__(self, real):
-        self.real = real
-    def create_module(self, spec):
-        return self.real.create_module(spec)
-    def exec_module(self, module):
-        time.sleep({slow})
-        self.real.exec_module(module)
-class _SlowTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "torch" or name.startswith("torch."):
-            if threading.current_thread() is threading.main_thread():
-                GUI_TORCH_IMPORTS.append(name)
-        if name != "torch":
-            return None
-        for finder in sys.meta_path:
-            if finder is not self and hasattr(finder, "find_spec"):
-                spec = finder.find_spec(name, path, target)
-                if spec is not None:
-                    spec.loader = _SlowLoader(spec.loader)
-                    return spec
-        return None
-sys.meta_path.insert(0, _SlowTorch())
-"""
-SLOW_IMPORT_S = 4.0
 
-
-def _run(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=str(REPO))
@@ -74,10 +43,22 @@ def _last_json(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(lines[-1])
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under Xvfb)")
-def test_docking_imports_no_torch_on_the_gui_thread():
-    code = SLOW_TORCH.format(slow=SLOW_IMPORT_S) + textwrap.dedent(f"""
-        import json
+def test_napari_never_imports_torch_and_the_compute_process_warms_up():
+    code = textwrap.dedent(f"""
+        import json, sys, time
         import napari
         from qtpy.QtWidgets import QApplication
         viewer = napari.Viewer(show=True)
@@ -88,63 +69,73 @@ def test_docking_imports_no_torch_on_the_gui_thread():
             viewer.window.add_plugin_dock_widget("{PLUGIN}", name)
             seconds[name] = time.perf_counter() - t0
             app.processEvents()
-        torch_loaded_when_docked = "torch" in sys.modules and hasattr(sys.modules["torch"], "cuda")
-        from napari_mtunet.widgets._common import warm_up_done
-        # the GUI keeps running while the warm-up imports torch in the background
+        from napari_mtunet import compute
+        from napari_mtunet.widgets._warmup import device_choices, warm_up_done
+        proc = compute.client(start=False)
         t0 = last = time.perf_counter()
         worst = 0.0
-        while not warm_up_done() and time.perf_counter() - t0 < 200:
+        while not warm_up_done() and time.perf_counter() - t0 < 240:
             app.processEvents()
             now = time.perf_counter()
             worst, last = max(worst, now - last), now
             time.sleep(0.005)
-        print(json.dumps({{"seconds": seconds, "gui_torch_imports": GUI_TORCH_IMPORTS,
-                          "torch_loaded_when_docked": torch_loaded_when_docked, "warm": warm_up_done(),
-                          "worst_gap_s": worst, "torch_now": "torch" in sys.modules}}))
+        print(json.dumps({{"seconds": seconds, "warm": warm_up_done(), "worst_gap_s": worst,
+                          "torch_in_napari": "torch" in sys.modules, "torchvision_in_napari": "torchvision" in sys.modules,
+                          "child": proc.proc.pid if proc else None, "devices": device_choices(),
+                          "child_info": proc.info if proc else None}}))
         viewer.close()
     """)
     res = _last_json(_run(code))
-    assert res["gui_torch_imports"] == [], res
-    assert not res["torch_loaded_when_docked"], res
-    # a GUI thread that needed torch would have waited SLOW_IMPORT_S for the warm-up's import
-    assert all(s < SLOW_IMPORT_S - 1.0 for s in res["seconds"].values()), res
-    assert res["warm"] and res["torch_now"], res
-    assert res["worst_gap_s"] < SLOW_IMPORT_S - 1.0, res
+    assert res["warm"], res
+    assert not res["torch_in_napari"] and not res["torchvision_in_napari"], res
+    assert res["child"] and res["child_info"]["pid"] == res["child"]  # torch lives in the compute process
+    assert res["devices"][0] == "auto" and "cpu" in res["devices"]
+    assert all(s < 2.0 for s in res["seconds"].values()), res  # docking does not wait for the warm-up
+    assert res["worst_gap_s"] < 2.0, res  # generous: a shared CI machine; the benchmark measures the real gaps
 
 
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under Xvfb)")
 @pytest.mark.parametrize("delay_ms", [100, 1500])
 def test_closing_napari_while_the_warm_up_runs_exits_cleanly(delay_ms):
-    code = SLOW_TORCH.format(slow=SLOW_IMPORT_S) + textwrap.dedent(f"""
+    code = textwrap.dedent(f"""
         import napari
         from qtpy.QtCore import QTimer
         viewer = napari.Viewer(show=True)
         for name in {WIDGETS!r}:
             viewer.window.add_plugin_dock_widget("{PLUGIN}", name)
-        from napari_mtunet.widgets import _common
+        from napari_mtunet import compute
+        from napari_mtunet.widgets._warmup import warm_up_done
         state = {{}}
         def close():
-            state["warm_up_running"] = _common._WARM["thread"] is not None and not _common.warm_up_done()
+            state["warm_up_running"] = not warm_up_done()
+            state["child"] = compute.client(start=False).proc.pid
             viewer.close()
         QTimer.singleShot({delay_ms}, close)
         napari.run()
-        print("closed cleanly; warm-up was running:", state.get("warm_up_running"), flush=True)
+        print("closed cleanly; warm-up was running:", state.get("warm_up_running"), "child", state.get("child"),
+              flush=True)
     """)
     proc = _run(code)
     assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stderr[-3000:]}"
-    assert "closed cleanly; warm-up was running: True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    m = re.search(r"closed cleanly; warm-up was running: True child (\d+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr[-2000:]
     assert "QThread: Destroyed while thread is still running" not in proc.stderr
+    child = int(m.group(1))
+    t0 = time.time()
+    while _alive(child) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert not _alive(child), "the compute process outlived napari"
 
 
 # --------------------------------------------------------------------------- layout
 
 
-def _controls(widget):
+def _controls(container):
     from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit, QProgressBar, QWidget
 
     kinds = (QAbstractButton, QAbstractSpinBox, QComboBox, QLabel, QLineEdit, QProgressBar)
     out = []
-    for c in widget.body.findChildren(QWidget):
+    for c in container.findChildren(QWidget):
         if isinstance(c, kinds) and c.isVisible() and c.width() > 0 and c.height() > 0:
             if isinstance(c, QLabel) and not c.text():
                 continue
@@ -153,19 +144,21 @@ def _controls(widget):
 
 
 def _overlapping(widget) -> list[str]:
+    """Controls that overlap, in the scrolling settings and in the watched part (each in its own coordinates)."""
     from qtpy.QtCore import QPoint, QRect
 
-    controls = _controls(widget)
-    rects = [QRect(c.mapTo(widget.body, QPoint(0, 0)), c.size()) for c in controls]
     bad = []
-    for i, a in enumerate(controls):
-        for j in range(i + 1, len(controls)):
-            b = controls[j]
-            if a.isAncestorOf(b) or b.isAncestorOf(a):
-                continue
-            if rects[i].intersects(rects[j]):
-                name = lambda w: f"{type(w).__name__}({getattr(w, 'text', lambda: '')()!r})"  # noqa: E731
-                bad.append(f"{name(a)} {rects[i].getRect()} overlaps {name(b)} {rects[j].getRect()}")
+    for container in (widget.body, widget.watch):
+        controls = _controls(container)
+        rects = [QRect(c.mapTo(container, QPoint(0, 0)), c.size()) for c in controls]
+        for i, a in enumerate(controls):
+            for j in range(i + 1, len(controls)):
+                b = controls[j]
+                if a.isAncestorOf(b) or b.isAncestorOf(a):
+                    continue
+                if rects[i].intersects(rects[j]):
+                    name = lambda w: f"{type(w).__name__}({getattr(w, 'text', lambda: '')()!r})"  # noqa: E731
+                    bad.append(f"{name(a)} {rects[i].getRect()} overlaps {name(b)} {rects[j].getRect()}")
     return bad
 
 

@@ -1,8 +1,9 @@
-"""Annotate & fine-tune, driven as a user does (issue 11: points 1, 2, 6 and 7).
+"""Annotate & fine-tune, driven as a user does.
 
 - the image follows the Labels layer; another image is refused and nothing is written;
-- the classes come from the model (a fixed list); picking one records the user's class beside the
-  prediction, whose class and probabilities stay; every read-out says where a value comes from;
+- the classes come from the model (a fixed list); the model's class is only a suggestion; picking one
+  records the user's class beside the prediction, whose class and probabilities stay; every read-out says
+  where a value comes from;
 - fine-tuning starts from the model that made the selected Labels layer;
 - an added sample can be undone; labels.csv records the source image and the model;
 - a failing fine-tune (a RuntimeError subclass in the worker, or a bad labels.csv) is notified.
@@ -96,7 +97,8 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     from napari_mtunet.checkpoint import read_metadata
     from napari_mtunet.sample_data import make_phantom
     from napari_mtunet.widgets import AnnotateWidget
-    from napari_mtunet.widgets._common import state_for, text_overlay
+    from napari_mtunet.widgets._overlay import text_overlay
+    from napari_mtunet.widgets._session import state_for
 
     viewer = make_napari_viewer()
     ph = make_phantom(n=3, size=64, seed=5)
@@ -119,8 +121,10 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     labels.data = ph.masks.copy()
     for i in range(3):
         viewer.dims.set_current_step(0, i)
-        assert w.class_choice.currentText() == before.slices[i].predicted  # shows the model's class first
+        # the model's class is a suggestion (the Confirm button), never the box's value
+        assert w.class_choice.currentIndex() == -1 and w.confirm_button.text() == f"Confirm {before.slices[i].predicted}"
         pick(w.class_choice, ph.labels[i])
+        assert not w.confirm_button.isEnabled()
     rec = layer_meta.read(labels.metadata)
     for i in range(3):  # the correction is kept beside the prediction, never over it
         assert rec.slices[i].corrected == ph.labels[i]
@@ -152,6 +156,7 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     assert [r["label"] for r in rows] == [ph.labels[1], *ph.labels]
     assert [r["source"] for r in rows] == ["scan [1]", "scan [0]", "scan [1]", "scan [2]"]
     assert {r["model"] for r in rows} == {"parent-run/best"}
+    assert {r["class_source"] for r in rows} == {"confirmed"}  # every class was picked by the user
     assert len({r["filename"] for r in rows}) == 4  # never overwritten: new unique names
     for r in rows:
         assert (root / "images" / r["filename"]).is_file()
@@ -184,7 +189,11 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     # the child model is usable by Predict right away, and the layer names it
     click(qtbot, pw.predict_button)
     wait_idle(qtbot, pw)
-    new = viewer.layers[f"scan [{child.parent.name}/{child.stem}]"]
+    from napari_mtunet.widgets._layers import short_model_name
+
+    long_name = f"{child.parent.name}/{child.stem}"  # finetune-<date>-<time>/best: 29 characters
+    new = viewer.layers[f"scan [{short_model_name(long_name)}]"]  # the run's time and the file; elided in front
+    assert short_model_name(long_name) == "…" + long_name[-19:]
     assert layer_meta.read(new.metadata).model["hash"] == meta["content_hash"][:len(layer_meta.read(new.metadata).model["hash"])]
 
 
@@ -270,12 +279,17 @@ def test_new_annotation_layer_starts_from_the_prediction(make_napari_viewer, qtb
     assert errors == []
 
 
-def test_a_failing_finetune_is_notified_and_the_widget_recovers(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path,
-                                                                monkeypatch, errors, no_traceback):
-    import torch
+@pytest.fixture
+def oom_compute():
+    from compute_patches import patched_compute
 
+    with patched_compute("compute_patches:oom_when_training"):
+        yield
+
+
+def test_a_failing_finetune_is_notified_and_the_widget_recovers(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path,
+                                                                errors, no_traceback, oom_compute):
     from napari_mtunet.data.writer import write_generic_sample
-    from napari_mtunet.model import MultiTaskUNet
     from napari_mtunet.widgets import AnnotateWidget
 
     root = tmp_path / "set"
@@ -290,21 +304,12 @@ def test_a_failing_finetune_is_notified_and_the_widget_recovers(make_napari_view
     w.checkpoint.value = str(tiny_checkpoint)
     w.device.setCurrentText("cpu")
 
-    # 1. out of memory in the training step: a TrainingError (RuntimeError) raised inside the generator worker
-    real_forward = MultiTaskUNet.forward
-
-    def forward(self, x):
-        if self.training:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real_forward(self, x)
-
-    monkeypatch.setattr(MultiTaskUNet, "forward", forward)
+    # 1. out of memory in the training step (the compute process runs out): a TrainingError (RuntimeError)
     click(qtbot, w.finetune_button)
     wait_idle(qtbot, w)
     assert len(errors) == 1 and errors[0].startswith("Fine-tuning failed: out of memory"), errors
     assert w.finetune_button.text() == "Fine-tune" and w.finetune_button.isEnabled() and w.add_button.isEnabled()
     assert w.child_checkpoint is None
-    monkeypatch.setattr(MultiTaskUNet, "forward", real_forward)
 
     # 2. a class the model does not know, typed into labels.csv by hand
     text = (root / "labels.csv").read_text()

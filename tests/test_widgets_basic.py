@@ -9,8 +9,6 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 
-
-
 @pytest.mark.parametrize("name", ["Dataset", "Train", "Predict", "Annotate & fine-tune"])
 def test_each_widget_docks_through_the_plugin(make_napari_viewer_proxy, name):
     viewer = make_napari_viewer_proxy()
@@ -134,7 +132,7 @@ def test_dataset_previews_keep_the_aspect_ratio(make_napari_viewer, qtbot, tmp_p
 def test_sample_data_shows_its_classes_without_a_widget(make_napari_viewer):
     """File > Open Sample: the ground-truth class of the slice on screen is in the canvas overlay."""
     from napari_mtunet import layer_meta
-    from napari_mtunet.widgets._common import text_overlay
+    from napari_mtunet.widgets._overlay import text_overlay
 
     viewer = make_napari_viewer()
     viewer.open_sample("napari-mtunet", "phantom")
@@ -143,4 +141,4 @@ def test_sample_data_shows_its_classes_without_a_widget(make_napari_viewer):
     for i in (0, 5):
         viewer.dims.set_current_step(0, i)
         text = text_overlay(viewer).text
-        assert text_overlay(viewer).visible and f"[{i}]: ground truth {rec.slices[i].truth}" in text, text
+        assert text_overlay(viewer).visible and f"[{i}]\nground truth {rec.slices[i].truth}" in text, text

@@ -106,7 +106,7 @@ def test_predict_adds_labels_named_by_the_model(make_napari_viewer, qtbot, tiny_
     assert {n: b.value() / 1000 for n, b in w.readout.bars.items()} == pytest.approx(s.probabilities, abs=1e-3)
     assert all(b.format().startswith("model: ") for b in w.readout.bars.values())
     # napari's text overlay shows it too, with its source
-    from napari_mtunet.widgets._common import text_overlay
+    from napari_mtunet.widgets._overlay import text_overlay
 
     assert text_overlay(viewer).visible and f"predicted {s.predicted}" in text_overlay(viewer).text
 
@@ -179,6 +179,7 @@ def test_folder_prediction_skips_masks_and_summarises_classes(make_napari_viewer
     (src / "notes.txt").write_text("not an image")
     w = PredictWidget(viewer)
     w.checkpoint.value = str(tiny_checkpoint)
+    w.tabs.setCurrentIndex(w.tabs.indexOf(w.folder_button.parentWidget()))  # the user opens the Folder tab
     w.folder_in.value = str(src)
     w.folder_out.value = str(tmp_path / "results")
     click(qtbot, w.folder_button)
@@ -191,7 +192,8 @@ def test_folder_prediction_skips_masks_and_summarises_classes(make_napari_viewer
     summary = notifications["info"][-1]
     assert "3 image(s) predicted" in summary
     assert "classes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) in summary, summary
-    assert sorted(p.name for p in (tmp_path / "results" / "masks").iterdir()) == [f"img{i}_pred.png" for i in range(3)]
+    masks = sorted(p.name for p in (tmp_path / "results" / "masks").iterdir() if not p.name.startswith("."))
+    assert masks == [f"img{i}_pred.png" for i in range(3)]
     # a second run into the same folder never overwrites the first run's results
     first_csv = (tmp_path / "results" / "predictions.csv").read_text()
     click(qtbot, w.folder_button)
@@ -199,11 +201,55 @@ def test_folder_prediction_skips_masks_and_summarises_classes(make_napari_viewer
     assert notifications["error"] == []
     assert (tmp_path / "results" / "predictions.csv").read_text() == first_csv
     assert len(list(csv.DictReader(open(tmp_path / "results" / "predictions-1.csv")))) == 3
-    # an output folder inside the input folder is refused (predictions would become images)
-    w.folder_out.value = str(src / "out")
+
+
+def test_folder_output_rule_in_the_widget(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path, busi_root,
+                                          notifications):
+    """Issue 21 point 6: a new folder beside or inside the inputs is fine; the input folder itself is refused,
+    before anything is created; a rerun does not predict the earlier predictions."""
+    import shutil
+
+    from napari_mtunet.widgets import PredictWidget
+
+    scans = tmp_path / "scans"
+    for sub, names in (("old", ["benign (100).png", "malignant (103).png"]),
+                       ("new", ["benign (105).png", "malignant (104).png"])):
+        (scans / sub).mkdir(parents=True)
+        for n in names:
+            shutil.copy(busi_root / n.split(" (")[0] / n, scans / sub / n)
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.checkpoint.value = str(tiny_checkpoint)
+    w.tabs.setCurrentIndex(w.tabs.indexOf(w.folder_button.parentWidget()))
+    w.folder_in.value = str(scans / "new")
+    # the input folder itself: refused at once, nothing written or created
+    before = sorted(p.name for p in scans.rglob("*"))
+    w.folder_out.value = str(scans / "new")
     click(qtbot, w.folder_button)
     wait_idle(qtbot, w)
-    assert notifications["error"] and str(src / "out") in notifications["error"][-1]
+    assert len(notifications["error"]) == 1 and "among the input files" in notifications["error"][0]
+    assert sorted(p.name for p in scans.rglob("*")) == before
+    # a sibling of the input folder (scans/ looks like one folder per class): fine
+    w.folder_out.value = str(scans / "predictions")
+    click(qtbot, w.folder_button)
+    wait_idle(qtbot, w)
+    assert len(notifications["error"]) == 1, notifications["error"]
+    assert "2 image(s) predicted" in notifications["info"][-1]
+    # a new folder inside the input folder: fine, and a rerun still predicts the 2 scans only
+    w.folder_out.value = str(scans / "new" / "pred")
+    for _ in range(2):
+        click(qtbot, w.folder_button)
+        wait_idle(qtbot, w)
+        assert len(notifications["error"]) == 1, notifications["error"]
+        assert "2 image(s) predicted" in notifications["info"][-1]
+    # the predictions folder is never read as input
+    w.folder_in.value = str(scans / "new" / "pred" / "masks")
+    w.folder_out.value = str(tmp_path / "elsewhere")
+    click(qtbot, w.folder_button)
+    wait_idle(qtbot, w)
+    assert "holds outputs of napari-mtunet" in notifications["error"][-1]
+    assert not (tmp_path / "elsewhere").exists()
     assert w.folder_button.isEnabled()
 
 

@@ -1,13 +1,14 @@
-"""napari stays responsive while the widgets work (issue 11, point 10).
+"""napari stays responsive while the widgets work (issue 21 point 8).
 
-The numbers (worst event-loop stall, target 100 ms) come from
+The numbers (GUI-thread gaps, target 100 ms, idle and under two busy processes) come from
 ``benchmarks/bench_napari_responsiveness.py`` in a shown window; see docs/benchmarks.md.  A timed unit
 test on a shared 2-core machine (other jobs running, OpenGL in software) measures the machine as much as
 the code, so here:
 
-1. the *causes* of stalls, checked exactly: after the widgets' background warm-up, starting a training,
-   a prediction (plain, tiled, Grad-CAM, a stack), adding samples, fine-tuning and a folder prediction
-   imports no new module (a first import holds the GIL: it froze napari for up to a second);
+1. the *cause* of the stalls, checked exactly: through a whole session (train, predict plain / tiled /
+   Grad-CAM / a stack, add samples, fine-tune, a folder) napari's process never imports torch -- every job
+   runs in the compute process, so no thread of napari's process holds the GIL for an import, a model
+   build or a dataset load (py-spy showed those freezing the window for 0.1-1.9 s);
 2. a generous sanity check of the stalls themselves (a QTimer heartbeat): work done on the GUI thread
    shows up as multi-second stalls.  ``MTUNET_STRICT_TIMING=1`` applies the real target (100 ms,
    ``MTUNET_MAX_STALL_MS`` to change it) for a quiet machine.
@@ -72,8 +73,8 @@ def phantom_root(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("resp") / "phantom", n=12, size=64, seed=4)
 
 
-def test_no_first_use_imports_once_the_widgets_are_warm(request):
-    """Run in a fresh Python process: in this one, other tests have imported everything already."""
+def test_napari_never_imports_torch_in_a_whole_session(request):
+    """Run in a fresh Python process: in this one, other tests have imported torch already."""
     import subprocess
 
     if os.environ.get("MTUNET_FRESH_PROCESS"):
@@ -81,7 +82,7 @@ def test_no_first_use_imports_once_the_widgets_are_warm(request):
     env = dict(os.environ, MTUNET_FRESH_PROCESS="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
-         f"{__file__}::test_fresh_process_first_use_imports"],
+         f"{__file__}::test_fresh_process_whole_session"],
         capture_output=True, text=True, env=env, timeout=900, cwd=str(request.config.rootpath),
     )
     import re
@@ -90,25 +91,23 @@ def test_no_first_use_imports_once_the_widgets_are_warm(request):
 
 
 @pytest.mark.skipif(not os.environ.get("MTUNET_FRESH_PROCESS"), reason="run by the test above in a fresh process")
-def test_fresh_process_first_use_imports(make_napari_viewer, qtbot, phantom_root, tmp_path, errors):
+def test_fresh_process_whole_session(make_napari_viewer, qtbot, phantom_root, tmp_path, errors):
     from PIL import Image
 
     from napari_mtunet.sample_data import make_phantom
     from napari_mtunet.widgets import AnnotateWidget, PredictWidget, TrainWidget
-    from napari_mtunet.widgets._common import warm_up, warm_up_done
+    from napari_mtunet.widgets._warmup import warm_up_done
 
+    assert "torch" not in sys.modules
     viewer = make_napari_viewer()
     tw, pw, aw = TrainWidget(viewer), PredictWidget(viewer), AnnotateWidget(viewer)
-    warm_up()
     qtbot.waitUntil(warm_up_done, timeout=300_000)
-    imported: dict[str, list[str]] = {}
 
     def step(name, start, widget, timeout=180_000):
-        before = set(sys.modules)
         start()
         qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
         assert errors == [], (name, errors)
-        imported[name] = sorted(set(sys.modules) - before)
+        assert "torch" not in sys.modules and "torchvision" not in sys.modules, f"{name} imported torch in napari"
 
     tw.data_root.value = str(phantom_root)
     tw.out_dir.value = str(tmp_path / "runs")
@@ -138,6 +137,7 @@ def test_fresh_process_first_use_imports(make_napari_viewer, qtbot, phantom_root
     aw.labels_layer.setCurrentText(next(lyr.name for lyr in viewer.layers if lyr.name.startswith("stack [")))
     aw.dataset_root.value = str(tmp_path / "corrections")
     aw.all_slices.setChecked(True)
+    aw.confirm_class()
     step("add to training set", aw.add_to_training_set, aw)
     aw.device.setCurrentText("cpu")
     step("fine-tune", aw.finetune_or_stop, aw)
@@ -147,12 +147,11 @@ def test_fresh_process_first_use_imports(make_napari_viewer, qtbot, phantom_root
     pw.folder_in.value = str(tmp_path / "in")
     pw.folder_out.value = str(tmp_path / "out")
     step("folder prediction", pw.predict_folder, pw)
-    assert {k: v for k, v in imported.items() if v} == {}, "first-use imports (add them to WARM_MODULES)"
 
 
 def test_ui_stays_responsive_while_training_and_predicting(make_napari_viewer, qtbot, phantom_root, tmp_path, errors):
     from napari_mtunet.widgets import PredictWidget, TrainWidget
-    from napari_mtunet.widgets._common import warm_up_done
+    from napari_mtunet.widgets._warmup import warm_up_done
 
     viewer = make_napari_viewer(show=True)
     with Heartbeat() as hb_open:  # opening the widgets starts the one-off background imports

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ._triton import guard_triton  # noqa: F401 - kept importable from here
+from ._triton import guard_triton
 from .previews import MAX_PREVIEW, PREVIEW_SIZE, dataset_layer_data, load_dataset_report  # noqa: F401
 
 # --------------------------------------------------------------------------- dataset folders
@@ -83,21 +83,27 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def is_mtunet_checkpoint(path: str | os.PathLike) -> bool:
-    """Cheap, torch-free recognition: a safetensors file whose metadata says it is a napari-mtunet checkpoint.
+def checkpoint_info(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The napari-mtunet metadata of a checkpoint, read without torch (None when the file is not one).
 
-    Full validation (format version, model configuration) happens when the
-    Predict widget loads it, where a problem is reported naming the file.
+    Cheap enough for napari's GUI thread (one small JSON header); not validated: full validation (format
+    version, model configuration, hashes) happens when a model is loaded, where a problem is reported
+    naming the file.
     """
     meta = safetensors_metadata(path)
     raw = meta.get(CHECKPOINT_META_KEY) if meta else None
     if not isinstance(raw, str):
-        return False
+        return None
     try:
         info = json.loads(raw)
     except (ValueError, RecursionError):
-        return False
-    return isinstance(info, dict) and info.get("format") == CHECKPOINT_FORMAT
+        return None
+    return info if isinstance(info, dict) and info.get("format") == CHECKPOINT_FORMAT else None
+
+
+def is_mtunet_checkpoint(path: str | os.PathLike) -> bool:
+    """Cheap, torch-free recognition: a safetensors file whose metadata says it is a napari-mtunet checkpoint."""
+    return checkpoint_info(path) is not None
 
 
 def get_checkpoint_reader(path: str | list[str]) -> Callable | None:
@@ -122,8 +128,20 @@ def read_checkpoint(path: str | list[str]) -> list[tuple]:
     """Show the Predict widget with this model loaded; adds no layers."""
     if isinstance(path, list):
         path = path[0]
-    guard_triton()  # before the widgets import torchvision
-    from .widgets import open_predict_widget
-
     open_predict_widget(str(path))
     return [(None,)]  # napari's "read, but no layers" sentinel
+
+
+def open_predict_widget(checkpoint: str, viewer: Any = None) -> Any:
+    """Dock (or reuse) the Predict widget in ``viewer`` (default: the current one) with ``checkpoint``; the
+    other widgets of the viewer take it too.  Returns the widget."""
+    import napari
+
+    guard_triton()
+    viewer = viewer or napari.current_viewer()
+    if viewer is None:
+        raise RuntimeError("no napari viewer is open to show the Predict widget in")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mtunet", "Predict")
+    widget.set_checkpoint(checkpoint)
+    widget.state.set_checkpoint(checkpoint)
+    return widget

@@ -26,6 +26,9 @@ D = RunConfig()
 ENCODERS: tuple[str, ...] = (*DOCUMENTED_ENCODERS, "resnet18", "resnet34", "efficientnet-b0")
 #: Encoder weights choices.
 WEIGHTS: tuple[str, ...] = ("imagenet", "none", "local file")
+#: The dataset layouts by name, as :data:`napari_mtunet.data.layouts.LAYOUTS` lists them (a test keeps the two
+#: equal): importing the layout readers takes ~0.2 s, too long for napari's GUI thread when a dock opens.
+LAYOUT_NAMES: tuple[str, ...] = ("panda", "siim", "isic", "lgg", "busi", "generic", "folders")
 ENCODER_NOTES: dict[str, str] = {
     "timm-tf_efficientnet_lite0": "ImageNet weights ship with napari-mtunet: pretrained training works offline",
     "mobilenet_v2": "the paper's encoder; ImageNet weights are downloaded once from the model hub",

@@ -18,9 +18,9 @@ under ``layer.metadata["mtunet"]``:
 
 Predictions, ground truth and user corrections are kept apart: a correction
 is stored beside the prediction, never over it, so it is always clear where
-a value came from.  Records of the first format (``classes``,
-``class_name``, ``class_probabilities``, per-slice ``slices``) are read too.
-Qt-free and napari-free.
+a value came from (:attr:`SliceInfo.label_source`: a class you picked or
+confirmed, the dataset's, or only the model's).  Records of another version
+are not read (:func:`read` returns None).  Qt-free and napari-free.
 """
 
 from __future__ import annotations
@@ -50,12 +50,14 @@ class SliceInfo:
 
     @property
     def label_source(self) -> str | None:
+        """Where :attr:`label` comes from: ``confirmed`` (you picked or confirmed it), ``ground_truth`` (the
+        dataset's) or ``predicted`` (only the model's: not confirmed by anyone); None without a class."""
         if self.corrected:
-            return "your correction"
+            return "confirmed"
         if self.truth:
-            return "ground truth"
+            return "ground_truth"
         if self.predicted:
-            return "prediction"
+            return "predicted"
         return None
 
     def confidence(self) -> float | None:
@@ -96,45 +98,13 @@ class LayerMeta:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LayerMeta:
-        if d.get("version") == VERSION:
-            fields = {k: d.get(k) for k in ("kind", "source_layer", "is_stack", "class_names", "model", "extra")}
-            fields = {k: v for k, v in fields.items() if v is not None}
-            slices = [SliceInfo(**{k: v for k, v in s.items() if k in SliceInfo.__dataclass_fields__})
-                      for s in d.get("slices") or [] if isinstance(s, Mapping)]
-            return cls(slices=slices, **fields)
-        return _from_first_format(d)
-
-
-def _from_first_format(d: Mapping[str, Any]) -> LayerMeta:
-    """Read a record written by napari-mtunet 0.1 (``classes`` / ``class_name`` / ``class_probabilities``)."""
-    kind = d.get("kind") or ("dataset" if d.get("classes") else "annotation")
-    if kind not in KINDS:
-        kind = "annotation"
-    classes = d.get("classes")
-    per_slice = d.get("slices") if isinstance(d.get("slices"), list) else None
-    n = len(classes) if isinstance(classes, list) else (len(per_slice) if per_slice else 1)
-    slices = []
-    for i in range(n):
-        src = per_slice[i] if per_slice and i < len(per_slice) and isinstance(per_slice[i], Mapping) else d
-        cls_name = classes[i] if isinstance(classes, list) and i < len(classes) else src.get("class_name")
-        info = SliceInfo()
-        if kind == "prediction":
-            info.predicted = src.get("class_name", cls_name)
-            info.probabilities = src.get("class_probabilities")
-            info.lesion_fraction = src.get("lesion_fraction")
-        elif kind in ("dataset", "sample"):
-            info.truth = cls_name
-        else:
-            info.corrected = cls_name
-        slices.append(info)
-    model = None
-    if kind == "prediction":
-        model = {"name": d.get("model_name"), "display": d.get("model_name"), "path": d.get("model_path"),
-                 "hash": d.get("model_hash"), "threshold": d.get("threshold"), "mode": d.get("mode")}
-    extra = {k: d[k] for k in ("root", "layout", "files", "preview_size", "n_total", "n_shown", "failed", "synthetic")
-             if k in d}
-    return LayerMeta(kind=kind, source_layer=d.get("source_layer"), is_stack=bool(d.get("is_stack", n > 1)),
-                     class_names=list(d.get("class_names") or []), slices=slices, model=model, extra=extra)
+        if d.get("version") != VERSION:
+            raise ValueError(f"layer metadata version {d.get('version')!r} is not {VERSION}")
+        fields = {k: d.get(k) for k in ("kind", "source_layer", "is_stack", "class_names", "model", "extra")}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        slices = [SliceInfo(**{k: v for k, v in s.items() if k in SliceInfo.__dataclass_fields__})
+                  for s in d.get("slices") or [] if isinstance(s, Mapping)]
+        return cls(slices=slices, **fields)
 
 
 # --------------------------------------------------------------------------- read / write
@@ -204,8 +174,9 @@ def annotation(source: str, n_slices: int, class_names: Sequence[str], *, is_sta
                      slices=slices, model=from_prediction.model if from_prediction is not None else None)
 
 
-def gradcam(source: str) -> LayerMeta:
-    return LayerMeta(kind="gradcam", source_layer=source)
+def gradcam(source: str, model: dict[str, Any] | None = None) -> LayerMeta:
+    """The record of a Grad-CAM heat map of image ``source`` made by ``model`` (a :func:`model_record`)."""
+    return LayerMeta(kind="gradcam", source_layer=source, model=dict(model) if model else None)
 
 
 def describe_slice(info: SliceInfo | None) -> str:

@@ -85,8 +85,8 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
             raise OutputLocationError(
                 f"the {what} {out} contains the input {item}: outputs would lie among the input files. "
                 "Choose a folder outside it, or a new folder inside it")
-        if is_dir and folder in out_r.parents and out_r.is_dir():
-            files = _input_files_in(out_r)
+        if is_dir and folder in out_r.parents and out_r.is_dir() and not is_output_dir(out_r):
+            files = _input_files_in(out_r)  # (an output folder of ours holds outputs, not inputs)
             if files:
                 raise OutputLocationError(
                     f"the {what} {out} lies inside the input {item} and already holds its files "

@@ -2,8 +2,14 @@
 
 - :class:`DatasetWidget`: inspect a dataset folder, preview samples, choose the split;
 - :class:`TrainWidget`: train with live progress, plots and a Stop button;
-- :class:`PredictWidget`: predict a layer / all layers / a folder into new Labels layers;
-- :class:`AnnotateWidget`: correct, label, add to a training set, fine-tune.
+- :class:`PredictWidget`: predict a layer / all layers / a folder into Labels layers; export the model;
+- :class:`AnnotateWidget`: correct, confirm the class, add to a training set, fine-tune.
+
+The widgets run every job in the compute process (:mod:`napari_mtunet.compute`): napari's process never
+imports torch.  Modules, one job each: ``_job`` (the job lifecycle and the dock's settings / watched
+parts), ``_controls`` (pickers and labels), ``_layers`` (layers, their records, what is on screen),
+``_overlay`` (the class on the canvas), ``_session`` (what one viewer's widgets share), ``_notify``,
+``_settings``, ``_warmup`` (the compute process as the widgets see it), ``samples`` (napari's sample data).
 """
 
 from __future__ import annotations
@@ -11,30 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 from .._triton import guard_triton
-from .._writer import find_source_image  # lives with the writer (a core module must not import the widgets)
 
-guard_triton()  # before anything imports torchvision inside napari (see guard_triton)
+guard_triton()  # napari's process never imports torchvision; if anything does, triton stays out of it
 
-from .annotate import AnnotateWidget  # noqa: E402
-from .dataset import DatasetWidget  # noqa: E402
-from .predict import PredictWidget  # noqa: E402
-from .train import TrainWidget  # noqa: E402
+_WIDGETS = {"AnnotateWidget": "annotate", "DatasetWidget": "dataset", "PredictWidget": "predict",
+            "TrainWidget": "train"}
 
-PLUGIN = "napari-mtunet"
-
-__all__ = ["AnnotateWidget", "DatasetWidget", "PredictWidget", "TrainWidget", "find_source_image", "open_predict_widget"]
+__all__ = list(_WIDGETS)
 
 
-def open_predict_widget(checkpoint: str, viewer: Any = None) -> PredictWidget:
-    """Dock (or reuse) the Predict widget in ``viewer`` (default: the current one) with ``checkpoint``."""
-    import napari
+def __getattr__(name: str) -> Any:
+    """The widget classes, imported on first use (``widgets.samples`` needs none of them)."""
+    if name in _WIDGETS:
+        from importlib import import_module
 
-    from ._common import state_for
-
-    viewer = viewer or napari.current_viewer()
-    if viewer is None:
-        raise RuntimeError("no napari viewer is open to show the Predict widget in")
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
-    widget.set_checkpoint(checkpoint)
-    state_for(viewer).set_checkpoint(checkpoint)
-    return widget
+        return getattr(import_module(f".{_WIDGETS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,32 +1,37 @@
-"""The one job lifecycle every widget shares: start a workflow in a worker thread, stop it, surface
-every error, and stop it when the dock is closed or napari quits.
+"""The one job lifecycle every widget shares: start a workflow in the compute process, stop it, surface
+every error, and stop it when the dock is closed or napari quits; and the dock's two parts.
 
-Widgets subclass :class:`JobWidget`, put their controls into ``self.body``
-(a scrolling area, so several docked widgets fit on a small screen) and run
-workflows with :meth:`JobWidget.start_job`.  The job (a plain function or a
-generator of :mod:`napari_mtunet.events`) runs in a napari thread worker;
-its events come back to :meth:`on_event` on the GUI thread.
+Layout: a widget's **settings** scroll (``self.body``); what a user **watches** while a job runs (buttons,
+progress, status, read-outs, plots) sits below them in ``self.watch`` and never scrolls away: with two
+docks in a 1600 x 1000 window the settings shrink to a few rows and scroll, the watched part stays whole.
 
-Why a guard around the job: superqt's ``GeneratorWorker`` treats a
-``RuntimeError`` raised inside a generator as "the worker was deleted" and
-emits neither ``errored`` nor ``finished`` (napari-mtunet's own errors,
-e.g. ``EncoderWeightsError`` and ``TrainingError``, are ``RuntimeError``
-subclasses), which left widgets waiting forever.  :func:`_guarded` catches
-every exception inside the worker and hands it to the widget as a value, so
-every failure becomes a notification and the widget is ready again.
+Jobs run in the compute process (:mod:`napari_mtunet.compute`): napari's process never imports torch, so
+its GUI thread never waits for a thread that imports torch, builds a model or loads a dataset (those held
+the GIL for up to seconds).  A napari thread worker relays the job's events to :meth:`on_event` on the GUI
+thread; the job's cancel token is set in the compute process by :meth:`JobWidget.stop_job`.
+
+Why a guard around the relay: superqt's ``GeneratorWorker`` treats a ``RuntimeError`` raised inside a
+generator as "the worker was deleted" and emits neither ``errored`` nor ``finished``, which left widgets
+waiting forever.  :func:`_guarded` catches every exception and hands it to the widget as a value, so every
+failure becomes one notification and the widget is ready again.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from napari.qt.threading import create_worker
-from qtpy.QtCore import QEvent, QSize, Qt, QTimer, Signal
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from ._common import DeviceCombo, error_message, notify_error, notify_info, state_for, warm_up, warm_up_done
+from ._controls import DeviceCombo, StatusLabel
+from ._notify import error_message, notify_error, notify_info
+from ._session import state_for
+from ._warmup import warm_up, warm_up_done
+
+#: The settings part of a dock never shrinks below this (a couple of rows; the rest scrolls).
+MIN_SETTINGS_HEIGHT = 70
 
 
 @dataclass
@@ -36,18 +41,20 @@ class _JobFailed:
     error: BaseException
 
 
-def _guarded(func: Callable, args: tuple, kwargs: dict, limit_threads: str | None):
-    """Run ``func`` (function or generator) and yield its events; any exception is yielded as ``_JobFailed``."""
+def _guarded(func: Callable, args: tuple, kwargs: dict, remote: bool):
+    """Run ``func`` (in the compute process when ``remote``) and yield its events; any exception is yielded
+    as ``_JobFailed``."""
     import inspect
 
-    from ._common import TorchThreads
+    from ..compute import run_job
 
     try:
-        with TorchThreads(limit_threads) if limit_threads else _Nothing():
-            if inspect.isgeneratorfunction(func):
-                result = yield from func(*args, **kwargs)
-            else:
-                result = func(*args, **kwargs)
+        if remote:
+            result = yield from run_job(func, *args, **kwargs)
+        elif inspect.isgeneratorfunction(func):
+            result = yield from func(*args, **kwargs)
+        else:
+            result = func(*args, **kwargs)
     except GeneratorExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure reaches the widget
@@ -56,79 +63,25 @@ def _guarded(func: Callable, args: tuple, kwargs: dict, limit_threads: str | Non
     return result
 
 
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+_QUIT_HOOKED: list[Any] = []
 
 
-def breakable(text: str, every: int = 16) -> str:
-    """``text`` with zero-width spaces after path separators and inside long runs (hashes), where Qt may wrap
-    (not after "." or ",": numbers stay whole)."""
-    out, run = [], 0
-    for ch in str(text):
-        out.append(ch)
-        run = 0 if ch.isspace() else run + 1
-        if ch in "/\\_-:" or run >= every:
-            out.append("\u200b")
-            run = 0
-    return "".join(out)
+def _stop_compute_on_quit(app: Any) -> None:
+    """When napari quits, the compute process stops its jobs (at their next check) and exits."""
+    if app in _QUIT_HOOKED:
+        return
+    _QUIT_HOOKED.append(app)
 
+    def stop() -> None:
+        from ..compute import shutdown
 
-class WrapLabel(QLabel):
-    """A word-wrapping label that never widens the dock and is as tall as its text at its actual width.
+        shutdown(timeout=10.0)
 
-    (A plain word-wrapping QLabel whose width may shrink reports the height of its text at its *minimum*
-    width, so layouts gave it a tall, mostly empty box.)
-    """
-
-    def __init__(self, text: str = "", rich: bool = False) -> None:
-        super().__init__("")
-        self.setTextFormat(Qt.TextFormat.RichText if rich else Qt.TextFormat.PlainText)
-        self.setWordWrap(True)
-        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.setMinimumWidth(60)
-        self.setText(text)
-
-    def _height(self) -> int:
-        width = self.width() if self.width() > 60 else 280  # before the first layout: a typical dock width
-        margins = self.contentsMargins()
-        h = self.heightForWidth(width) if self.text() else 0
-        return max(self.fontMetrics().height(), h) + margins.top() + margins.bottom()
-
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(60, self._height())
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
-        return QSize(60, self._height())
-
-    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        super().resizeEvent(event)
-        if event.oldSize().width() != event.size().width():
-            self.updateGeometry()  # the text's height at the new width
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
-        super().setText(text)
-        self.updateGeometry()
-
-
-class StatusLabel(WrapLabel):
-    """A status line: wraps, never widens the dock (long paths and hashes are broken anywhere)."""
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt API
-        super().setText(breakable(text))
-        self.setToolTip(str(text) if len(str(text)) > 60 else "")
-
-    def text(self) -> str:  # noqa: D401 - Qt API: the text as set (without the wrap points)
-        return super().text().replace("\u200b", "")
-
-    plain_text = text
+    app.aboutToQuit.connect(stop)
 
 
 class JobWidget(QWidget):
-    """Base of the dock widgets: a scrolling body, a status line, and one job at a time."""
+    """Base of the dock widgets: scrolling settings, a watched part that stays visible, one job at a time."""
 
     job_finished = Signal()
 
@@ -136,7 +89,7 @@ class JobWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
-        warm_up()  # heavy imports in a background thread now, not in the middle of the work
+        warm_up()  # the compute process starts now (its imports take a while), not at the first job
         self.worker: Any = None
         self.cancel_token: Any = None
         self.last_error: str | None = None
@@ -156,19 +109,27 @@ class JobWidget(QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # scrolls up/down only
+        scroll.setMinimumHeight(MIN_SETTINGS_HEIGHT)
         scroll.setWidget(self.body)
         self.scroll = scroll
         self.body.installEventFilter(self)  # the dock is as wide as the controls need (texts wrap)
+        self.watch = QWidget()
+        self.watch.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.watch_layout = QVBoxLayout(self.watch)
+        self.watch_layout.setContentsMargins(4, 2, 4, 4)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.setSpacing(0)
+        outer.addWidget(scroll, 1)
+        outer.addWidget(self.watch, 0)
         self.status = StatusLabel("")
         from qtpy.QtWidgets import QApplication
 
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.stop_job)
-        # the GPUs are known once the warm-up has imported torch (never on this thread): poll for it
+            _stop_compute_on_quit(app)
+        # the GPUs are known once the compute process has imported torch: poll for it
         self._warm_timer = QTimer(self)
         self._warm_timer.setInterval(200)
         self._warm_timer.timeout.connect(self._check_warm)
@@ -195,20 +156,20 @@ class JobWidget(QWidget):
 
     def start_job(
         self,
-        func: Callable,
+        func: Callable | str,
         *args: Any,
         context: str,
         on_result: Callable[[Any], None] | None = None,
         on_event: Callable[[Any], None] | None = None,
         cancellable: bool = False,
-        device: str | None = None,
+        remote: bool = True,
         **kwargs: Any,
     ) -> Any:
-        """Run ``func(*args, **kwargs)`` in a worker (with ``cancel=`` a new token when ``cancellable``).
+        """Run ``func(*args, **kwargs)`` (a ``"module:function"`` of the compute process when ``remote``; with
+        ``cancel=`` a new token when ``cancellable``).
 
-        ``context`` prefixes error messages ("Training failed: ...");
-        ``device``: limit torch's CPU threads while it runs (leave a core to napari).
-        Returns the worker, or None when a job is already running.
+        ``context`` prefixes error messages ("Training failed: ...").  Returns the worker, or None when a
+        job is already running.
         """
         if self.busy:
             return None
@@ -223,9 +184,8 @@ class JobWidget(QWidget):
 
             self.cancel_token = CancelToken()
             kwargs["cancel"] = self.cancel_token
-        limit = None if device is not None and str(device).startswith(("cuda", "mps")) else (device or "cpu")
         self.worker = create_worker(
-            _guarded, func, args, kwargs, limit,
+            _guarded, func, args, kwargs, remote,
             _connect={"yielded": self._yielded, "returned": self._returned, "errored": self._errored,
                       "finished": self._finished},
             _start_thread=True,
@@ -311,34 +271,3 @@ class JobWidget(QWidget):
     def docked(self) -> bool:
         """False once the dock was closed (a closed dock hands nothing to the other widgets)."""
         return not self.closed
-
-
-def settings_path(name: str) -> str:
-    """Where a widget remembers its last settings (a JSON file in the user's config folder)."""
-    base = os.environ.get("MTUNET_CONFIG_DIR") or os.path.join(
-        os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config"), "napari-mtunet")
-    return os.path.join(base, f"{name}.json")
-
-
-def load_settings(name: str) -> dict[str, Any]:
-    import json
-
-    try:
-        with open(settings_path(name), encoding="utf-8") as fh:
-            data = json.load(fh)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def save_settings(name: str, values: dict[str, Any]) -> None:
-    import json
-
-    from ..paths import write_atomic
-
-    path = settings_path(name)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomic(path, json.dumps(values, indent=1))
-    except OSError:
-        pass  # remembering settings is a convenience; never an error

@@ -1,10 +1,15 @@
 """Annotate & fine-tune: correct a prediction, confirm its class, add it to a training-set folder,
 fine-tune the model that made the prediction, and see whether it helped.
 
-- The image follows the Labels layer: a layer made by napari-mtunet names its
-  image, and another image is refused (:mod:`napari_mtunet.workflows.annotate`).
-- Classes come from the model (a fixed list, no typing); picking one records
-  *your* class beside the model's prediction, never over it.
+- What you see is what you correct: the image follows the Labels layer (a
+  layer made by napari-mtunet names its image; another image is refused,
+  :mod:`napari_mtunet.workflows.annotate`), selecting a Labels layer brings
+  its image up on the canvas, and *Add* is refused while another image lies
+  over it.
+- Classes come from the model (a fixed list, no typing).  The model's class
+  is only a suggestion: the class box stays empty until you pick a class or
+  press *Confirm*, *Add* refuses a class nobody confirmed, and ``labels.csv``
+  records where each class comes from (``class_source``).
 - An added sample can be undone; ``labels.csv`` records the source image and
   the model.
 - Fine-tuning (:func:`napari_mtunet.workflows.iter_finetune`, the same
@@ -24,10 +29,14 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLine
 
 from .. import layer_meta
 from ..config import FinetuneConfig
-from ..workflows.annotate import AddedSample, PairingError, add_samples, check_pairing, sample_items, undo_sample
-from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_record
-from ._job import JobWidget, StatusLabel, WrapLabel
-from .predict import MODEL_FILTER, layer_array
+from ..workflows.annotate import AddedSample, PairingError, check_pairing, sample_items, unconfirmed
+from ._controls import DeviceCombo, LayerCombo, PathEdit, StatusLabel, WrapLabel, combo
+from ._job import JobWidget
+from ._layers import bring_up, covering_images, current_slice, layer_array, layer_record
+from .predict import MODEL_FILTER
+
+JOBS = "napari_mtunet.jobs"
+ANNOTATE = "napari_mtunet.workflows.annotate"
 
 
 def default_training_set() -> str:
@@ -48,8 +57,13 @@ class AnnotateWidget(JobWidget):
         self.link_button = QPushButton("Link labels to image")
         self.new_labels_button = QPushButton("New annotation layer")
         self.new_labels_button.setToolTip("A new Labels layer for the image, starting from its prediction if any")
+        self.show_button = QPushButton("Show its image")
+        self.show_button.setToolTip("Bring the image of the selected Labels layer up on the canvas")
         self.class_choice = combo([], None, editable=False)
         self.class_choice.setToolTip("Your class for the image on screen (kept beside the model's prediction)")
+        self.class_choice.setPlaceholderText("pick the class")
+        self.confirm_button = QPushButton("Confirm")
+        self.confirm_button.setToolTip("Take the model's class as yours (one click per image on screen)")
         self.class_info = StatusLabel("")
         self.dataset_root = PathEdit("dir", placeholder=default_training_set())
         self.group = QLineEdit()
@@ -65,6 +79,7 @@ class AnnotateWidget(JobWidget):
         self.finetune_button = QPushButton("Fine-tune")
         self.progress = QProgressBar()
         self.progress.setFormat("step %v/%m")
+        self.progress.setMaximumHeight(18)
         self.metrics_label = StatusLabel("")
 
         ann = QGroupBox("Annotate")
@@ -74,8 +89,12 @@ class AnnotateWidget(JobWidget):
         row = QHBoxLayout()
         row.addWidget(self.link_button)
         row.addWidget(self.new_labels_button)
+        row.addWidget(self.show_button)
         f.addRow(row)
-        f.addRow("Your class", self.class_choice)
+        row = QHBoxLayout()
+        row.addWidget(self.class_choice, 1)
+        row.addWidget(self.confirm_button)
+        f.addRow("Your class", row)
         f.addRow("", self.class_info)
         add = QGroupBox("Training set")
         f = QFormLayout(add)
@@ -96,28 +115,34 @@ class AnnotateWidget(JobWidget):
             f"{cfg.steps_per_sample:g} steps per corrected image ({cfg.min_steps}-{cfg.max_steps}), replay of the "
             f"model's own training data, {cfg.check_fraction:.0%} held back to check"))
         f.addRow(self.finetune_button)
-        f.addRow(self.progress)
-        f.addRow(self.metrics_label)
 
         lay = self.body_layout
         lay.addWidget(ann)
         lay.addWidget(add)
         lay.addWidget(ft)
-        lay.addWidget(self.status)
         lay.addStretch(1)
+        w = self.watch_layout
+        w.addWidget(self.progress)
+        w.addWidget(self.metrics_label)
+        w.addWidget(self.status)
 
         self.link_button.clicked.connect(self.link_labels)
         self.new_labels_button.clicked.connect(self.new_labels)
+        self.show_button.clicked.connect(self.show_image)
+        self.confirm_button.clicked.connect(self.confirm_class)
         self.add_button.clicked.connect(self.add_to_training_set)
         self.undo_button.clicked.connect(self.undo_last)
         self.finetune_button.clicked.connect(self.finetune_or_stop)
+        self.all_slices.toggled.connect(self._show_class)
         # a pick (even of the class already shown) and a change made from a script both record the class;
         # the widget's own updates block the signals
         self.class_choice.activated.connect(self._class_picked)
         self.class_choice.currentIndexChanged.connect(self._class_picked)
         self.labels_layer.currentIndexChanged.connect(self._labels_changed)
+        self.labels_layer.activated.connect(self._labels_changed)  # picked again: its image comes up again
         napari_viewer.dims.events.current_step.connect(self._show_class)
         self.state.checkpoint_changed.connect(self._on_checkpoint)
+        self.state.record_changed.connect(self._show_class)
         if self.state.checkpoint:
             self._on_checkpoint(self.state.checkpoint)
         self._labels_changed()
@@ -128,11 +153,13 @@ class AnnotateWidget(JobWidget):
         return layer_record(layer)
 
     def _labels_changed(self, *_: Any) -> None:
-        """The image, the class list and the model follow the selected Labels layer."""
+        """The image, the class list and the model follow the selected Labels layer; its image comes up."""
         labels = self.labels_layer.layer()
         rec = self._record(labels)
         if rec is not None and rec.source_layer and rec.source_layer in self.viewer.layers:
-            self.image_layer.set_layer(self.viewer.layers[rec.source_layer])
+            image = self.viewer.layers[rec.source_layer]
+            self.image_layer.set_layer(image)
+            bring_up(self.viewer, image, labels)  # the image being corrected is the one on screen
         if rec is not None and rec.class_names:
             self.set_class_names(rec.class_names)
         model_path = (rec.model or {}).get("path") if rec is not None else None
@@ -141,17 +168,16 @@ class AnnotateWidget(JobWidget):
         self._show_class()
 
     def _on_checkpoint(self, path: str) -> None:
+        from .._reader import checkpoint_info
+
         labels = self.labels_layer.layer()
         rec = self._record(labels)
         if not (rec is not None and (rec.model or {}).get("path")) and not self.busy:
             self.checkpoint.value = path
-        try:
-            from ..checkpoint import read_metadata
-
-            if str(path).endswith(".safetensors") and self.class_choice.count() == 0:
-                self.set_class_names(read_metadata(path)["class_names"])
-        except Exception:  # noqa: BLE001 - described when used
-            pass
+        info = checkpoint_info(path) if str(path).endswith(".safetensors") else None
+        names = (info or {}).get("class_names")
+        if names and self.class_choice.count() == 0:
+            self.set_class_names([str(n) for n in names])
 
     def set_class_names(self, names: list[str]) -> None:
         current = self.class_choice.currentText()
@@ -166,18 +192,43 @@ class AnnotateWidget(JobWidget):
     def _slice(self, layer: Any) -> int | None:
         return current_slice(self.viewer, layer)
 
+    def _slices_to_add(self, labels: Any) -> list[int | None]:
+        if labels is None:
+            return []
+        if labels.ndim == 2:
+            return [None]
+        return list(range(self._n_slices(labels))) if self.all_slices.isChecked() else [self._slice(labels) or 0]
+
+    def _to_confirm(self, labels: Any, rec: Any) -> list[tuple[int | None, str]]:
+        """The slices Add would write whose class is only the model's: (slice, predicted class)."""
+        if labels is None or rec is None:
+            return []
+        out = []
+        for i in self._slices_to_add(labels):
+            info = rec.slice(i)
+            if info is not None and info.label_source == "predicted":
+                out.append((i, info.predicted))
+        return out
+
     def _show_class(self, *_: Any) -> None:
         labels = self.labels_layer.layer()
         rec = self._record(labels)
+        todo = self._to_confirm(labels, rec)
+        self.confirm_button.setEnabled(bool(todo))
+        self.confirm_button.setText(f"Confirm {todo[0][1]}" if len(todo) == 1 else
+                                    f"Confirm {len(todo)} classes" if todo else "Confirm")
         if labels is None or rec is None:
             self.class_info.setText("")
             return
         info = rec.slice(self._slice(labels))
-        self.class_info.setText(layer_meta.describe_slice(info))
-        # the combo shows the class this image would be added with (none yet: blank, not the last one shown)
+        text = layer_meta.describe_slice(info)
+        if info is not None and info.label_source == "predicted":
+            text += " — not confirmed: pick your class or press Confirm"
+        self.class_info.setText(text)
+        # the box shows the class this image would be added with: yours or the dataset's, never a guess
         self.class_choice.blockSignals(True)
-        self.class_choice.setCurrentIndex(self.class_choice.findText(info.label) if info is not None and info.label
-                                          else -1)
+        confirmed = info is not None and info.label_source in ("confirmed", "ground_truth")
+        self.class_choice.setCurrentIndex(self.class_choice.findText(info.label) if confirmed else -1)
         self.class_choice.blockSignals(False)
 
     def _class_picked(self, *_: Any) -> None:
@@ -191,12 +242,29 @@ class AnnotateWidget(JobWidget):
             rec = layer_meta.annotation(None, self._n_slices(labels), [self.class_choice.itemText(i) for i in
                                         range(self.class_choice.count())], is_stack=labels.ndim >= 3)
         rec.set_correction(self._slice(labels), name)
-        layer_meta.write(labels.metadata, rec)
-        self._show_class()
-        self.state.overlay.update()
+        self.state.write_record(labels, rec)  # the Predict read-out and the canvas overlay follow at once
+
+    def confirm_class(self, *_: Any) -> None:
+        """Take the model's class as the user's for the slice(s) Add would write."""
+        labels = self.labels_layer.layer()
+        rec = self._record(labels)
+        todo = self._to_confirm(labels, rec)
+        if not todo:
+            return
+        for i, predicted in todo:
+            rec.set_correction(i, predicted)
+        self.state.write_record(labels, rec)
 
     def _n_slices(self, layer: Any) -> int:
         return 1 if layer.ndim == 2 else int(layer.data.shape[0])
+
+    def show_image(self, *_: Any) -> None:
+        """Bring the selected image (and Labels layer) up on the canvas."""
+        image, labels = self.image_layer.layer(), self.labels_layer.layer()
+        if image is None:
+            self.fail("choose an image layer first", "Cannot show the image")
+            return
+        bring_up(self.viewer, image, labels)
 
     def link_labels(self, *_: Any) -> None:
         """Declare that the selected Labels layer belongs to the selected image."""
@@ -214,7 +282,8 @@ class AnnotateWidget(JobWidget):
                                         [self.class_choice.itemText(i) for i in range(self.class_choice.count())],
                                         is_stack=labels.ndim >= 3)
         rec.source_layer = image.name
-        layer_meta.write(labels.metadata, rec)
+        self.state.write_record(labels, rec)
+        bring_up(self.viewer, image, labels)
         self.status.setText(f"{labels.name!r} now belongs to {image.name!r}")
 
     def new_labels(self, *_: Any) -> Any:
@@ -237,6 +306,8 @@ class AnnotateWidget(JobWidget):
         data = (np.asarray(pred_layer.data) > 0).astype(np.uint8) if pred_layer is not None else np.zeros(tuple(shape), np.uint8)
         layer = self.viewer.add_labels(data, name=f"{image.name} [annotation]", metadata=layer_meta.as_metadata(rec),
                                        scale=tuple(image.scale), translate=tuple(image.translate))
+        if pred_layer is not None:
+            pred_layer.visible = False  # the correction lies where the prediction was; one mask on screen
         layer.mode = "paint"
         self.labels_layer.set_layer(layer)
         return layer
@@ -252,10 +323,27 @@ class AnnotateWidget(JobWidget):
         img = np.asarray(layer_array(image))
         lab = np.asarray(labels.data)
         check_pairing(image.name, img.shape, labels.name, lab.shape, rec, rgb=rgb)
+        covers = covering_images(self.viewer, image)
+        if covers or not image.visible or not labels.visible:
+            what = (f"{covers[0].name!r} lies over {image.name!r} on the canvas" if covers else
+                    f"{image.name!r} is hidden" if not image.visible else f"{labels.name!r} is hidden")
+            raise PairingError(
+                f"{what}: you would add a correction you cannot see. Press 'Show its image' (or hide the layer "
+                "over it) and check the mask first")
         n = self._n_slices(labels)
-        classes = [(rec.slice(i).label if rec.slice(i) is not None else None) for i in range(n)]
+        infos = [rec.slice(i) for i in range(n)]
+        classes = [(s.label if s is not None else None) for s in infos]
+        sources = [(s.label_source if s is not None else None) for s in infos]
         slices = None if (lab.ndim == 2 or self.all_slices.isChecked()) else [self._slice(labels) or 0]
-        return sample_items(img, lab, classes, rgb=rgb, slices=slices), image, rec
+        items = sample_items(img, lab, classes, rgb=rgb, slices=slices, sources=sources)
+        guessed = unconfirmed(items)
+        if guessed:
+            where = ", ".join(f"slice {it.slice_index}" if it.slice_index is not None else "this image"
+                              for it in guessed[:4]) + (" …" if len(guessed) > 4 else "")
+            raise ValueError(
+                f"the class of {where} is only the model's prediction ({guessed[0].label}): press "
+                f"'{self.confirm_button.text()}' or pick your class in 'Your class' first")
+        return items, image, rec
 
     def add_to_training_set(self, *_: Any) -> Any:
         root = self.dataset_root.value or default_training_set()
@@ -267,8 +355,9 @@ class AnnotateWidget(JobWidget):
         model = (rec.model or {}).get("display") if rec is not None else None
         self.dataset_root.value = root
         self.status.setText(f"Writing {len(items)} sample(s) to {root} …")
-        return self.start_job(add_samples, root, items, group=self.group.text().strip() or None, source=image.name,
-                              model=model, context="Adding to the training set failed", on_result=self._added)
+        return self.start_job(f"{ANNOTATE}:add_samples", root, items, group=self.group.text().strip() or None,
+                              source=image.name, model=model, context="Adding to the training set failed",
+                              on_result=self._added)
 
     def _added(self, samples: list[AddedSample]) -> None:
         self.added.extend(samples)
@@ -288,7 +377,7 @@ class AnnotateWidget(JobWidget):
             self.added_label.setText(f"Removed {Path(last.path).name} ({len(self.added)} added this session)")
             self.inform(f"Removed {Path(last.path).name} from {last.root}")
 
-        return self.start_job(undo_sample, last, context="Undo failed", on_result=done)
+        return self.start_job(f"{ANNOTATE}:undo_sample", last, context="Undo failed", on_result=done)
 
     # ------------------------------------------------------------------ fine-tune
 
@@ -302,8 +391,6 @@ class AnnotateWidget(JobWidget):
         self.finetune_button.setEnabled(False)
 
     def finetune_or_stop(self, *_: Any) -> Any:
-        from ..workflows import iter_finetune
-
         if self.busy:
             self.stop_job()
             return None
@@ -323,9 +410,8 @@ class AnnotateWidget(JobWidget):
         self.metrics = None
         self.metrics_label.setText("")
         self.progress.setValue(0)
-        return self.start_job(iter_finetune, ckpt, root, out, config=cfg, context="Fine-tuning failed",
-                              cancellable=True, device=cfg.device, on_event=self._on_event,
-                              on_result=self._finetuned)
+        return self.start_job(f"{JOBS}:finetune", ckpt, root, str(out), cfg, context="Fine-tuning failed",
+                              cancellable=True, on_event=self._on_event, on_result=self._finetuned)
 
     def _on_event(self, ev: Any) -> None:
         if ev.kind == "batch_end":

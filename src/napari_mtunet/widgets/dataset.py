@@ -1,4 +1,9 @@
-"""Dataset widget: pick a folder, see the layout, summary and problems, preview samples, set the split."""
+"""Dataset widget: pick a folder, see the layout, summary and problems, preview samples, set the split.
+
+Reading the dataset and making the previews run in the compute process (:mod:`napari_mtunet.jobs`).  Load,
+the status and the preview button stay visible; the folder, the summary, the problems and the split
+settings scroll.
+"""
 
 from __future__ import annotations
 
@@ -19,25 +24,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import DataConfig
-from ._common import PathEdit, combo
+from ..forms import LAYOUT_NAMES
+from ._controls import PathEdit, combo
 from ._job import JobWidget
 
-
-def load_job(root: str, layout: str, strict: bool) -> Any:
-    from ..previews import load_dataset_report
-
-    return load_dataset_report(root, layout=layout, strict=strict)
-
-
-def preview_job(samples: list[Any], n: int, name: str, root: str, layout: str | None) -> list[tuple]:
-    from ..previews import dataset_layer_data
-
-    # an even spread over the dataset (and so over its classes), not just the first n files
-    total = len(samples)
-    if len(samples) > n:
-        step = len(samples) / n
-        samples = [samples[int(i * step)] for i in range(n)]
-    return dataset_layer_data(samples, name=name, root=root, layout=layout, n_total=total)
+JOBS = "napari_mtunet.jobs"
 
 
 def report_summary(report: Any) -> str:
@@ -61,13 +52,7 @@ class DatasetWidget(JobWidget):
         self.report: Any = None
 
         self.root = PathEdit("dir", placeholder="dataset folder")
-        try:
-            from ..data.layouts import LAYOUTS
-
-            layouts = list(LAYOUTS)
-        except Exception:  # noqa: BLE001
-            layouts = []
-        self.layout_choice = combo(["auto", *layouts], "auto")
+        self.layout_choice = combo(["auto", *LAYOUT_NAMES], "auto")
         self.strict = QCheckBox("strict (refuse datasets with problems)")
         self.load_button = QPushButton("Load and check")
         self.summary = QPlainTextEdit()
@@ -109,15 +94,16 @@ class DatasetWidget(JobWidget):
 
         lay = self.body_layout
         lay.addLayout(form)
-        lay.addWidget(self.load_button)
-        lay.addWidget(self.status)
         lay.addWidget(QLabel("Summary"))
         lay.addWidget(self.summary)
         lay.addWidget(QLabel("Problems"))
         lay.addWidget(self.problems)
-        lay.addLayout(prev)
         lay.addWidget(split_box)
         lay.addStretch(1)
+        w = self.watch_layout  # always visible: Load, what it found, the preview
+        w.addWidget(self.load_button)
+        w.addWidget(self.status)
+        w.addLayout(prev)
 
         self.load_button.clicked.connect(self.load)
         self.preview_button.clicked.connect(self.preview)
@@ -138,8 +124,9 @@ class DatasetWidget(JobWidget):
         self.summary.setPlainText("")
         self.problems.clear()
         self.status.setText(f"Reading {root} …")
-        return self.start_job(load_job, root, self.layout_choice.currentText(), self.strict.isChecked(),
-                              context=f"Cannot load the dataset {Path(root).name}", on_result=self._show_report)
+        return self.start_job(f"{JOBS}:check_dataset", root, self.layout_choice.currentText(),
+                              self.strict.isChecked(), context=f"Cannot load the dataset {Path(root).name}",
+                              on_result=self._show_report)
 
     def _show_report(self, report: Any) -> None:
         self.report = report
@@ -158,8 +145,8 @@ class DatasetWidget(JobWidget):
         samples = list(self.report.samples)
         name = Path(self.root.value).name or "dataset"
         self.status.setText(f"Loading {min(len(samples), self.n_preview.value())} samples …")
-        return self.start_job(preview_job, samples, int(self.n_preview.value()), name, self.root.value,
-                              getattr(self.report, "layout", None), context="Preview failed",
+        return self.start_job(f"{JOBS}:preview_samples", samples, int(self.n_preview.value()), name,
+                              self.root.value, getattr(self.report, "layout", None), context="Preview failed",
                               on_result=self._add_layers)
 
     def _add_layers(self, layer_data: list[tuple]) -> None:

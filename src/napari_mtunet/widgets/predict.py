@@ -1,11 +1,17 @@
-"""Predict widget: a model + an image layer -> a NEW Labels layer whose metadata holds the classes.
+"""Predict widget: a model + an image layer -> a Labels layer whose metadata holds the classes.
 
-The image layer is never modified.  The work runs in the workflows
-(:func:`~napari_mtunet.workflows.predict_layers.iter_predict_array` for
-layers, :func:`~napari_mtunet.workflows.iter_predict_files` for a folder,
-:func:`~napari_mtunet.export.export_model` for export) in a worker thread;
-the widget turns results into layers, the class read-out and notifications.
-Long tiled predictions show their progress and can be stopped.
+The image layer is never modified.  The work runs in the compute process
+(:mod:`napari_mtunet.jobs`: one layer, all layers, a folder, export); the
+widget turns results into layers, the class read-out and notifications.
+
+Layout: the model and device on top, then one tab per way of predicting
+(**Image layers**, **Folder**, **Export**; a further mode, such as
+segmenting one object from clicks, is one more tab), and below them, always
+visible, the buttons, progress, status and the class of the image on screen.
+
+A new prediction of the same image by the same model replaces the earlier
+one in place when you have not painted on it (no new layer, no pile of
+masks); an edited one is kept but hidden under the new one.
 """
 
 from __future__ import annotations
@@ -26,21 +32,57 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from .. import layer_meta
-from ..workflows.predict_layers import PredictorCache
-from ._common import DeviceCombo, LayerCombo, PathEdit, combo, current_slice, layer_kind, layer_record
-from ._job import JobWidget, StatusLabel, WrapLabel, breakable
+from ._controls import DeviceCombo, LayerCombo, PathEdit, StatusLabel, WrapLabel, breakable, combo
+from ._job import JobWidget
+from ._layers import (
+    covering_images,
+    current_slice,
+    is_heatmap,
+    is_shown,
+    layer_array,
+    layer_kind,
+    layer_record,
+    short_model_name,
+    source_image,
+    spatial_shape,
+)
 
 MODEL_FILTER = "napari-mtunet model (*.safetensors *.zip rdf.yaml)"
+JOBS = "napari_mtunet.jobs"
 
 
-def layer_array(layer: Any) -> Any:
-    """The full-resolution data of an image layer (level 0 of a multiscale)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def describe_model(path: str) -> str:
+    """One line about a model file, read from its header on the GUI thread (no torch, a few ms)."""
+    from .._reader import checkpoint_info
+
+    p = Path(path)
+    if not str(path).endswith(".safetensors"):
+        return f"{p.name} (bioimage.io package; checked when predicting)"
+    if not p.is_file():
+        return f"{path}: no such file"
+    meta = checkpoint_info(p)
+    if meta is None:
+        return f"{p.name}: not a napari-mtunet checkpoint"
+    m = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    pre = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
+    names = meta.get("class_names") or m.get("class_names") or []
+    parent = meta.get("parent")
+    parts = [f"{p.parent.name}/{p.stem}: {m.get('encoder_name', '?')} UNet, task {m.get('task', '?')}"]
+    if names:
+        parts.append("classes " + ", ".join(map(str, names)))
+    if pre.get("image_size"):
+        parts.append(f"{pre['image_size']} px")
+    if meta.get("content_hash"):
+        parts.append(f"hash {str(meta['content_hash'])[:12]}")
+    if isinstance(parent, str) and parent:
+        parts.append(f"fine-tuned from {parent.split(':', 1)[-1]}")
+    return ", ".join(parts)
 
 
 class ClassReadout(QWidget):
@@ -50,6 +92,7 @@ class ClassReadout(QWidget):
         super().__init__(parent)
         self.title = WrapLabel("No prediction yet", rich=True)  # wraps; a long layer name never widens the dock
         self.bars_box = QVBoxLayout()
+        self.bars_box.setSpacing(2)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.title)
@@ -68,11 +111,12 @@ class ClassReadout(QWidget):
             bar = QProgressBar()
             bar.setRange(0, 1000)
             bar.setTextVisible(True)
+            bar.setMaximumHeight(18)
             self.bars_box.addWidget(bar)
             self.bars[n] = bar
 
     def show_result(self, layer_name: str, index: int | None, info: layer_meta.SliceInfo | None,
-                    threshold: float | None = None) -> None:
+                    threshold: float | None = None, hidden_by: str | None = None) -> None:
         """Show ``info`` of ``layer_name`` (slice ``index``), each value with its source."""
         self.info = info
         where = html.escape(breakable(layer_name)) + (f" [slice {index}]" if index is not None else "")
@@ -82,6 +126,8 @@ class ClassReadout(QWidget):
                 bar.setValue(0)
             return
         lines = [f"<i>{where}</i>"]
+        if hidden_by:
+            lines.append(f"<b>Not on screen</b>: {html.escape(breakable(hidden_by))} lies over its image")
         if info.predicted:
             conf = info.confidence()
             lines.append(f"Predicted by the model: <b>{html.escape(info.predicted)}</b>"
@@ -111,17 +157,26 @@ class PredictWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any, parent=None):
         super().__init__(napari_viewer, parent)
-        self.cache = PredictorCache()
         self.last_result: Any = None
         self.last_labels: Any = None
+        self._edited: set[int] = set()  # ids of prediction layers the user painted on
+        self._updating: set[int] = set()
         self._show_steps: list[Any] = []
         self._show_timer = QTimer(self)
         self._show_timer.setSingleShot(True)
         self._show_timer.setInterval(0)
         self._show_timer.timeout.connect(self._next_show_step)
 
+        # ---- the model (every tab uses it)
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model (.safetensors or bioimage.io .zip)")
         self.model_info = StatusLabel("")
+        self.device = DeviceCombo()
+        top = QFormLayout()
+        top.addRow("Model", self.checkpoint)
+        top.addRow("", self.model_info)
+        top.addRow("Device", self.device)
+
+        # ---- tab: image layers
         self.image_layer = LayerCombo(napari_viewer, ("image",))
         self.mode = combo(["auto", "resize", "native", "tiled"], "auto")
         self.mode.setToolTip("auto: as trained (resize) for normal images, tiled at native resolution for big ones")
@@ -133,59 +188,68 @@ class PredictWidget(JobWidget):
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
-        self.device = DeviceCombo()
         self.gradcam = QCheckBox("Grad-CAM heat map layer")
+        layers_tab = QWidget()
+        lf = QFormLayout(layers_tab)
+        lf.addRow("Image layer", self.image_layer)
+        lf.addRow("Mode", self.mode)
+        lf.addRow("Tile size", self.tile_size)
+        lf.addRow("Threshold", self.threshold)
+        lf.addRow("", self.gradcam)
+
+        # ---- tab: a folder to disk
+        self.folder_in = PathEdit("dir", placeholder="folder of images")
+        self.folder_out = PathEdit("dir", placeholder="output folder: masks/ + predictions.csv (not the input folder)")
+        self.folder_button = QPushButton("Predict folder to disk")
+        folder_tab = QWidget()
+        ff = QFormLayout(folder_tab)
+        ff.addRow("Input", self.folder_in)
+        ff.addRow("Output", self.folder_out)
+        ff.addRow(WrapLabel("A new folder beside or inside the input folder is fine; the input folder itself is "
+                            "not (outputs never lie among inputs)."))
+        ff.addRow(self.folder_button)
+
+        # ---- tab: export
+        self.export_format = combo(["onnx", "bioimageio"], "onnx")
+        self.export_button = QPushButton("Export model…")
+        export_tab = QWidget()
+        ef = QHBoxLayout(export_tab)
+        ef.addWidget(self.export_format)
+        ef.addWidget(self.export_button)
+        ef.addStretch(1)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(layers_tab, "Image layers")
+        self.tabs.addTab(folder_tab, "Folder")
+        self.tabs.addTab(export_tab, "Export")
+
+        lay = self.body_layout
+        lay.addLayout(top)
+        lay.addWidget(self.tabs)
+        lay.addStretch(1)
+
+        # ---- what a user watches: always visible
         self.predict_button = QPushButton("Predict")
         self.predict_all_button = QPushButton("Predict all image layers")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
+        self.progress.setMaximumHeight(18)
         self.readout = ClassReadout()
-
-        form = QFormLayout()
-        form.addRow("Model", self.checkpoint)
-        form.addRow("", self.model_info)
-        form.addRow("Image layer", self.image_layer)
-        form.addRow("Mode", self.mode)
-        form.addRow("Tile size", self.tile_size)
-        form.addRow("Threshold", self.threshold)
-        form.addRow("Device", self.device)
-        form.addRow("", self.gradcam)
         buttons = QHBoxLayout()
         buttons.addWidget(self.predict_button)
         buttons.addWidget(self.predict_all_button)
         buttons.addWidget(self.stop_button)
-
-        self.folder_in = PathEdit("dir", placeholder="folder of images")
-        self.folder_out = PathEdit("dir", placeholder="output folder (masks/ + predictions.csv), outside the dataset")
-        self.folder_button = QPushButton("Predict folder to disk")
-        batch = QGroupBox("Batch: folder to disk")
-        bform = QFormLayout(batch)
-        bform.addRow("Input", self.folder_in)
-        bform.addRow("Output", self.folder_out)
-        bform.addRow(self.folder_button)
-
-        self.export_format = combo(["onnx", "bioimageio"], "onnx")
-        self.export_button = QPushButton("Export model…")
-        export = QGroupBox("Share the model")
-        ef = QHBoxLayout(export)
-        ef.addWidget(self.export_format)
-        ef.addWidget(self.export_button)
-
-        result = QGroupBox("Class of the image on screen")
-        rl = QVBoxLayout(result)
+        self.result_box = QGroupBox("Class of the image on screen")
+        rl = QVBoxLayout(self.result_box)
+        rl.setContentsMargins(6, 4, 6, 4)
         rl.addWidget(self.readout)
-
-        lay = self.body_layout
-        lay.addLayout(form)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.status)
-        lay.addWidget(result)
-        lay.addWidget(batch)
-        lay.addWidget(export)
-        lay.addStretch(1)
+        w = self.watch_layout
+        w.addLayout(buttons)
+        w.addWidget(self.progress)
+        w.addWidget(self.status)
+        w.addWidget(self.result_box)
 
         self.predict_button.clicked.connect(self.predict)
         self.predict_all_button.clicked.connect(self.predict_all)
@@ -194,8 +258,11 @@ class PredictWidget(JobWidget):
         self.export_button.clicked.connect(self.export)
         self.checkpoint.changed.connect(self._describe_checkpoint)
         self.state.checkpoint_changed.connect(self.set_checkpoint)
+        self.state.record_changed.connect(self.update_readout)  # a class picked in Annotate shows here at once
         napari_viewer.dims.events.current_step.connect(self.update_readout)
         napari_viewer.layers.selection.events.active.connect(self.update_readout)
+        for ev in (napari_viewer.layers.events.moved, napari_viewer.layers.events.removed):
+            ev.connect(self.update_readout)
         if self.state.checkpoint:
             self.checkpoint.value = self.state.checkpoint
 
@@ -217,26 +284,7 @@ class PredictWidget(JobWidget):
         self.checkpoint.value = str(path)
 
     def _describe_checkpoint(self, path: str) -> None:
-        if not path:
-            self.model_info.setText("")
-            return
-        try:
-            from ..checkpoint import read_metadata
-
-            meta = read_metadata(path) if str(path).endswith(".safetensors") else None
-        except Exception as exc:  # noqa: BLE001
-            self.model_info.setText(str(exc))
-            return
-        if meta is None:
-            self.model_info.setText(f"{Path(path).name} (bioimage.io package; checked when predicting)")
-            return
-        m = meta["model"]
-        parent = meta.get("parent")
-        self.model_info.setText(
-            f"{Path(path).parent.name}/{Path(path).stem}: {m['encoder_name']} UNet, task {m['task']}, classes "
-            f"{', '.join(meta['class_names'])}, {meta['preprocessing']['image_size']} px, "
-            f"hash {meta['content_hash'][:12]}" + (f", fine-tuned from {parent.split(':', 1)[-1]}" if parent else "")
-        )
+        self.model_info.setText(describe_model(path) if path else "")
 
     # ------------------------------------------------------------------ running
 
@@ -248,16 +296,14 @@ class PredictWidget(JobWidget):
             self.progress.setVisible(False)
 
     def _progress(self, ev: Any) -> None:
-        if ev.kind == "progress":
+        if getattr(ev, "kind", None) == "progress":
             self.progress.setVisible(True)
             self.progress.setRange(0, max(1, ev.total))
             self.progress.setValue(ev.done)
             self.progress.setFormat(f"{ev.item}: {ev.done}/{ev.total} {ev.what}" if ev.item else f"%v/%m {ev.what}")
 
     def predict(self, *_: Any) -> Any:
-        """Predict the chosen image layer; the result is added as a new Labels layer."""
-        from ..workflows.predict_layers import iter_predict_array
-
+        """Predict the chosen image layer; the result is shown as a Labels layer."""
         layer = self.image_layer.layer()
         try:
             params = self.params()
@@ -267,14 +313,14 @@ class PredictWidget(JobWidget):
             self.fail(exc, "Cannot predict")
             return None
         self.status.setText(f"Predicting {layer.name!r}…")
-        return self.start_job(iter_predict_array, self.cache, params, layer_array(layer),
+        return self.start_job(f"{JOBS}:predict_layer", params, _sendable(layer_array(layer)),
                               bool(getattr(layer, "rgb", False)), layer.name, self.gradcam.isChecked(),
                               context=f"Prediction of {layer.name!r} failed", cancellable=True,
-                              device=params["device"], on_event=self._progress, on_result=self._add_result)
+                              on_event=self._progress, on_result=self._add_result)
 
     def predict_all(self, *_: Any) -> Any:
-        """Predict every image layer in one worker; one Labels layer per image layer."""
-        layers = [lyr for lyr in self.viewer.layers if layer_kind(lyr) == "image" and not _is_heatmap(lyr)]
+        """Predict every image layer in one job; one Labels layer per image layer."""
+        layers = [lyr for lyr in self.viewer.layers if layer_kind(lyr) == "image" and not is_heatmap(lyr)]
         try:
             params = self.params()
             if not layers:
@@ -282,11 +328,10 @@ class PredictWidget(JobWidget):
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot predict")
             return None
-        jobs = [(layer_array(lyr), bool(getattr(lyr, "rgb", False)), lyr.name) for lyr in layers]
+        jobs = [(_sendable(layer_array(lyr)), bool(getattr(lyr, "rgb", False)), lyr.name) for lyr in layers]
         self.status.setText(f"Predicting {len(jobs)} image layer(s)…")
-        return self.start_job(_predict_layers, self.cache, params, jobs, self.gradcam.isChecked(),
-                              context="Prediction failed", cancellable=True, device=params["device"],
-                              on_event=self._on_many_event)
+        return self.start_job(f"{JOBS}:predict_layers", params, jobs, self.gradcam.isChecked(),
+                              context="Prediction failed", cancellable=True, on_event=self._on_many_event)
 
     def _on_many_event(self, ev: Any) -> None:
         if isinstance(ev, dict) and "error" in ev:
@@ -297,18 +342,20 @@ class PredictWidget(JobWidget):
             self._progress(ev)
 
     def predict_folder(self, *_: Any) -> Any:
+        from ..outputs import OutputLocationError, check_output_dir
+
         try:
             params = self.params()
             if not self.folder_in.value or not self.folder_out.value:
                 raise ValueError("choose an input folder and an output folder")
-        except Exception as exc:  # noqa: BLE001
+            check_output_dir(self.folder_out.value, [self.folder_in.value])  # refused here: nothing is created
+        except (OutputLocationError, ValueError) as exc:
             self.fail(exc, "Cannot predict folder")
             return None
         self.status.setText(f"Predicting the images in {self.folder_in.value} …")
-        return self.start_job(_predict_folder, self.cache, params, self.folder_in.value, self.folder_out.value,
+        return self.start_job(f"{JOBS}:predict_folder", params, self.folder_in.value, self.folder_out.value,
                               context=f"Prediction of the folder {Path(self.folder_in.value).name} failed",
-                              cancellable=True, device=params["device"], on_event=self._progress,
-                              on_result=self._folder_done)
+                              cancellable=True, on_event=self._progress, on_result=self._folder_done)
 
     def _folder_done(self, outcome: Any) -> None:
         self.last_result = outcome
@@ -317,15 +364,15 @@ class PredictWidget(JobWidget):
     def export(self, *_: Any) -> Any:
         from qtpy.QtWidgets import QFileDialog
 
-        from ..export import default_output, export_model
-
         try:
             ckpt = self.params()["checkpoint"]
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot export")
             return None
         fmt = self.export_format.currentText()
-        suggested = str(default_output(ckpt, fmt))
+        p = Path(ckpt)
+        stem = p.name[: -len(".safetensors")] if p.name.endswith(".safetensors") else p.stem
+        suggested = str(p.with_name(stem + (".onnx" if fmt == "onnx" else ".bioimageio.zip")))
         if os.environ.get("MTUNET_EXPORT_TO"):  # tests and scripts: no dialog
             out = os.environ["MTUNET_EXPORT_TO"]
         else:  # pragma: no cover - needs a human
@@ -333,55 +380,115 @@ class PredictWidget(JobWidget):
                                                  "ONNX (*.onnx)" if fmt == "onnx" else "bioimage.io package (*.zip)")
         if not out:
             return None
+        if os.path.lexists(out):
+            self.fail(f"{out} already exists; exports never overwrite a file", "Cannot export")
+            return None
         self.status.setText(f"Exporting {Path(ckpt).name} as {fmt}…")
-        return self.start_job(export_model, ckpt, out, fmt, context="Export failed",
-                              on_result=lambda p: self.inform(f"Exported the model to {p}"))
+        return self.start_job(f"{JOBS}:export", ckpt, out, fmt, context="Export failed",
+                              on_result=lambda path: self.inform(f"Exported the model to {path}"))
 
     # ------------------------------------------------------------------ results -> layers
 
     @property
     def busy(self) -> bool:
-        """A job runs, or its result is still being added to napari."""
+        """A job runs, or its result is still being shown in napari."""
         return self.worker is not None or bool(self._show_steps)
 
+    def _earlier(self, image_name: str, model: dict[str, Any], kind: str) -> list[Any]:
+        """Layers of ``kind`` made from ``image_name`` by the same model (same weights, same file)."""
+        out = []
+        for lyr in self.viewer.layers:
+            rec = layer_record(lyr)
+            if rec is None or rec.kind != kind or rec.source_layer != image_name:
+                continue
+            m = rec.model or {}
+            if m.get("hash") == model.get("hash") and m.get("path") == model.get("path"):
+                out.append(lyr)
+        return out
+
+    def _watch_edits(self, layer: Any) -> None:
+        def edited(*_: Any) -> None:
+            if id(layer) not in self._updating:
+                self._edited.add(id(layer))
+
+        for name in ("paint", "data"):
+            ev = getattr(layer.events, name, None)
+            if ev is not None:
+                ev.connect(edited)
+
     def _add_result(self, res: Any) -> None:
-        """Show a prediction: the layers are added one per event-loop turn (napari builds each layer's
-        controls and GL objects on its GUI thread; one at a time keeps each stall short)."""
+        """Show a prediction, one step per event-loop turn (napari builds each new layer's controls and GL
+        objects on its GUI thread; one at a time keeps each stall short).  An unedited earlier prediction of
+        the same image by the same model is updated in place; edited ones are hidden."""
         if res is None:
             self.status.setText("Prediction stopped; no layer was added")
             return
         self.last_result = res
         src = self.viewer.layers[res.name] if res.name in self.viewer.layers else None
         geo = {"scale": tuple(src.scale), "translate": tuple(src.translate)} if src is not None else {}
-        model = (res.record.model or {}).get("display") or "mtunet"
+        model = res.record.model or {}
+        label = short_model_name(model.get("display") or "mtunet")
+        earlier = self._earlier(res.name, model, "prediction")
+        reuse = next((lyr for lyr in reversed(earlier) if id(lyr) not in self._edited), None)
+        cams = self._earlier(res.name, model, "gradcam")
 
-        def add_cam() -> None:
-            self.viewer.add_image(
-                res.cam, name=f"{res.name} [Grad-CAM {model}]", colormap="inferno", blending="additive", opacity=0.6,
-                contrast_limits=(0.0, 1.0), metadata=layer_meta.as_metadata(layer_meta.gradcam(res.name)),
-                interpolation2d="linear", **_cam_geometry(res.cam_scale, src),
-            )
+        def show_cam() -> None:
+            meta = layer_meta.as_metadata(layer_meta.gradcam(res.name, model=model))
+            cam_geo = _cam_geometry(res.cam_scale, src)
+            target = cams[-1] if cams else None
+            if target is not None:
+                target.data = res.cam
+                target.metadata = meta
+                target.scale, target.translate = cam_geo["scale"], cam_geo["translate"]
+                target.visible = True
+            else:
+                self.viewer.add_image(
+                    res.cam, name=f"{res.name} [Grad-CAM {label}]", colormap="inferno", blending="additive",
+                    opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta, interpolation2d="linear", **cam_geo)
+            for old in cams[:-1]:
+                old.visible = False
 
-        def add_labels() -> None:
+        def show_labels() -> None:
             meta = layer_meta.as_metadata(res.record)
-            name = f"{res.name} [{model}]"
-            if res.mask is not None:  # uint8 already (made in the worker): no copy on this thread
+            if res.mask is not None:  # uint8 already (made in the compute process): no copy on this thread
                 data = np.asarray(res.mask, np.uint8)
-                self.last_labels = self.viewer.add_labels(data, name=name, metadata=meta, opacity=0.5, **geo)
             else:  # classification-only model: keep the classes on an empty layer
-                shape = _spatial_shape(src) if src is not None else (1, 1)
-                self.last_labels = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, metadata=meta, **geo)
+                data = np.zeros(spatial_shape(src) if src is not None else (1, 1), np.uint8)
+            if reuse is not None:
+                self._updating.add(id(reuse))
+                try:
+                    reuse.data = data
+                    reuse.metadata = meta
+                    if geo:
+                        reuse.scale, reuse.translate = geo["scale"], geo["translate"]
+                    reuse.visible = True
+                finally:
+                    self._updating.discard(id(reuse))
+                self.last_labels = reuse
+            else:
+                self.last_labels = self.viewer.add_labels(data, name=f"{res.name} [{label}]", metadata=meta,
+                                                          opacity=0.5, **geo)
+                self._watch_edits(self.last_labels)
+            for old in earlier:
+                if old is not self.last_labels:
+                    old.visible = False  # an earlier result never shows under the new one
 
         def finish() -> None:
             labels = self.last_labels
-            if labels is not None and labels in self.viewer.layers and self.viewer.layers.selection.active is not labels:
-                self.viewer.layers.selection.active = labels
-            self.status.setText(f"{res.name}: {res.summary()} ({res.seconds:.1f} s, model {model})")
+            if labels is not None and labels in self.viewer.layers:
+                if self.viewer.layers.selection.active is not labels:
+                    self.viewer.layers.selection.active = labels
+                if src is not None:
+                    from ._layers import bring_up
+
+                    bring_up(self.viewer, src, labels)
+            how = "updated" if reuse is not None else "added"
+            self.status.setText(f"{res.name}: {res.summary()} ({res.seconds:.1f} s, model {label}; layer {how})")
             self.update_readout()
             self.state.overlay.update()
 
         # the Grad-CAM layer first: the Labels layer, added last, is then the active one
-        self._show_steps.extend(([add_cam] if res.cam is not None else []) + [add_labels, finish])
+        self._show_steps.extend(([show_cam] if res.cam is not None else []) + [show_labels, finish])
         self._next_show_step()
 
     def _next_show_step(self) -> None:
@@ -416,36 +523,32 @@ class PredictWidget(JobWidget):
         rec = layer_record(layer)
         idx = self.current_index(layer)
         thr = (rec.model or {}).get("threshold") if rec is not None else None
-        self.readout.show_result(layer.name, idx, rec.slice(idx) if rec is not None else None, thr)
+        hidden_by = None
+        if not is_shown(self.viewer, layer):
+            image = source_image(self.viewer, layer)
+            covers = covering_images(self.viewer, image if image is not None else layer)
+            hidden_by = repr(covers[0].name) if covers else "nothing (the layer or its image is hidden)"
+        self.readout.show_result(layer.name, idx, rec.slice(idx) if rec is not None else None, thr, hidden_by)
 
     def closeEvent(self, event) -> None:  # noqa: N802
-        self.cache.clear()
+        self._release_model()
         super().closeEvent(event)
 
+    def on_closed(self) -> None:
+        self._release_model()
 
-def _predict_layers(cache: PredictorCache, params: dict[str, Any], jobs: list, gradcam: bool, cancel: Any = None):
-    """Predict several layers; each result (or error, named by layer) is yielded as it is ready."""
-    from ..workflows.predict_layers import iter_predict_array
-    from ._common import error_message
+    def _release_model(self) -> None:
+        from ..compute import client
 
-    for data, rgb, name in jobs:
-        if cancel is not None and cancel.cancelled:
-            return
-        try:
-            res = yield from iter_predict_array(cache, params, data, rgb, name, gradcam, cancel=cancel)
-            if res is not None:
-                yield {"result": res}
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next layer
-            yield {"error": error_message(exc, f"layer {name!r}")}
+        proc = client(start=False)
+        if proc is not None and proc.alive:
+            proc.submit(f"{JOBS}:release_model")  # its memory goes back; nothing waits for it
 
 
-def _predict_folder(cache: PredictorCache, params: dict[str, Any], folder: str, out: str, cancel: Any = None):
-    """Load the model (in the worker: it needs torch) and predict every image of ``folder`` into ``out``."""
-    from ..workflows import iter_predict_files
-
-    predictor = cache.get(params["checkpoint"], params["device"], params["threshold"], params["mode"],
-                          params["tile_size"])
-    return (yield from iter_predict_files(predictor, [folder], out, mode=params["mode"], cancel=cancel))
+def _sendable(data: Any) -> Any:
+    """Layer data as it can travel to the compute process: numpy arrays as they are, anything else (a dask
+    or zarr array) read into memory."""
+    return data if isinstance(data, np.ndarray) else np.asarray(data)
 
 
 def _cam_geometry(cam_scale: tuple[float, float], src: Any) -> dict[str, tuple[float, ...]]:
@@ -462,13 +565,3 @@ def _cam_geometry(cam_scale: tuple[float, float], src: Any) -> dict[str, tuple[f
     lead = len(base_scale) - len(k)  # a stack: the slice axis keeps its geometry
     k = np.concatenate([np.ones(lead), k])
     return {"scale": tuple(base_scale * k), "translate": tuple(base_shift + base_scale * (k - 1) / 2)}
-
-
-def _spatial_shape(layer: Any) -> tuple[int, ...]:
-    shape = tuple(layer_array(layer).shape)
-    return shape[:-1] if getattr(layer, "rgb", False) else shape
-
-
-def _is_heatmap(layer: Any) -> bool:
-    rec = layer_record(layer)
-    return rec is not None and rec.kind == "gradcam"

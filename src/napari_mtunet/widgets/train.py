@@ -1,11 +1,14 @@
-"""Train widget: a form -> a run config (:mod:`napari_mtunet.forms`) -> the training workflow in a worker.
+"""Train widget: a form -> a run config (:mod:`napari_mtunet.forms`) -> the training workflow in the
+compute process.
 
 The widget holds no science: :class:`~napari_mtunet.forms.TrainForm` turns
 its fields into a :class:`~napari_mtunet.config.RunConfig` (the same
 defaults as ``mtunet train``) and :func:`napari_mtunet.workflows.iter_train`
-does the work; the widget turns the events into progress bars, the plot,
-elapsed time / ETA and notifications.  Start becomes Stop (the best
-checkpoint is kept); closing the dock stops the run too.
+does the work (:func:`napari_mtunet.jobs.train`); the widget turns the
+events into progress bars, the plot, elapsed time / ETA and notifications.
+Start becomes Stop (the best checkpoint is kept); closing the dock stops
+the run too.  The settings scroll; Start, the progress, the status and the
+plot stay visible below them.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ..forms import ENCODER_NOTES, ENCODERS, WEIGHTS, TrainForm, default_output_root
-from ._common import DeviceCombo, PathEdit, combo
-from ._job import JobWidget, load_settings, save_settings
+from ..forms import ENCODER_NOTES, ENCODERS, LAYOUT_NAMES, WEIGHTS, TrainForm, default_output_root
+from ._controls import DeviceCombo, PathEdit, combo
+from ._job import JobWidget
+from ._settings import load_settings, save_settings
 from .plot import TrainingPlot
 
 SETTINGS = "train"
@@ -41,12 +45,6 @@ def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
     s.setDecimals(2)
     s.setValue(value)
     return s
-
-
-def _layout_names() -> list[str]:
-    from ..data.layouts import LAYOUTS
-
-    return list(LAYOUTS)
 
 
 def fmt_seconds(s: float) -> str:
@@ -66,7 +64,7 @@ class TrainWidget(JobWidget):
 
         # data
         self.data_root = PathEdit("dir", placeholder="dataset folder (any supported layout)")
-        self.layout_choice = combo(["auto", *_layout_names()], "auto")
+        self.layout_choice = combo(["auto", *LAYOUT_NAMES], "auto")
         self.val_fraction = _dspin(0.0, 0.9, 0.15, 0.05)
         self.test_fraction = _dspin(0.0, 0.9, 0.15, 0.05)
         self.seed = QSpinBox()
@@ -108,7 +106,9 @@ class TrainWidget(JobWidget):
         self.batch_progress.setFormat("batch %v/%m")
         self.timing = QLabel("")
         self.plot = TrainingPlot()
-        self.plot.setMinimumHeight(190)
+        self.plot.setMinimumHeight(150)
+        for bar in (self.epoch_progress, self.batch_progress):
+            bar.setMaximumHeight(18)
 
         data_box = QGroupBox("Data")
         f = QFormLayout(data_box)
@@ -150,13 +150,14 @@ class TrainWidget(JobWidget):
         lay = self.body_layout
         for box in (data_box, model_box, opt_box):
             lay.addWidget(box)
-        lay.addWidget(self.start_button)
-        lay.addWidget(self.epoch_progress)
-        lay.addWidget(self.batch_progress)
-        lay.addWidget(self.timing)
-        lay.addWidget(self.status)
-        lay.addWidget(self.plot)
         lay.addStretch(1)
+        w = self.watch_layout  # always visible, below the settings
+        w.addWidget(self.start_button)
+        w.addWidget(self.epoch_progress)
+        w.addWidget(self.batch_progress)
+        w.addWidget(self.timing)
+        w.addWidget(self.status)
+        w.addWidget(self.plot)
 
         self.start_button.clicked.connect(self.start_or_stop)
         self.encoder_weights.currentTextChanged.connect(lambda t: self.weights_file.setEnabled(t == "local file"))
@@ -231,8 +232,6 @@ class TrainWidget(JobWidget):
             self.start()
 
     def start(self) -> Any:
-        from ..workflows import iter_train
-
         form = self.form()
         try:
             run = form.to_run()
@@ -255,8 +254,8 @@ class TrainWidget(JobWidget):
         self._t_first: float | None = None
         self._done_batches = 0
         self._total_batches = None
-        return self.start_job(iter_train, run, out_dir, context="Training failed", cancellable=True,
-                              device=run.train.device, on_event=self._on_event, on_result=self._on_result)
+        return self.start_job("napari_mtunet.jobs:train", run, str(out_dir), context="Training failed",
+                              cancellable=True, on_event=self._on_event, on_result=self._on_result)
 
     def on_closed(self) -> None:
         save_settings(SETTINGS, self.form().to_dict())  # remembered for the next opening
@@ -310,24 +309,26 @@ class TrainWidget(JobWidget):
             text += f", about {fmt_seconds(eta)} left"
         self.timing.setText(text)
 
-    def _on_result(self, outcome: Any) -> None:
-        self.result = outcome.fit if outcome is not None else None
-        if outcome is None:
+    def _on_result(self, summary: Any) -> None:
+        """``summary``: :class:`napari_mtunet.jobs.TrainSummary`."""
+        self.result = summary
+        if summary is None:
             return
-        fit = outcome.fit
         secs = time.perf_counter() - self._t0
         self.timing.setText(f"took {fmt_seconds(secs)}")
-        what = {"completed": "finished", "early_stopping": "stopped early", "cancelled": "stopped"}.get(fit.reason, fit.reason)
-        if fit.best_checkpoint is not None:
-            msg = (f"Training {what} after {fit.epochs_run} epoch(s) in {fmt_seconds(secs)}; best {fit.monitor} "
-                   f"{fit.best_value:.4f} at epoch {fit.best_epoch}. Checkpoint: {fit.best_checkpoint}")
-            if outcome.test_report is not None:
-                s = outcome.test_report.scalars()
-                parts = [f"{k} {s[k]:.3f}" for k in ("dice", "balanced_accuracy") if s.get(k) is not None]
-                if parts:
-                    msg += " Held-out test: " + ", ".join(parts) + "."
+        what = {"completed": "finished", "early_stopping": "stopped early", "cancelled": "stopped"}.get(
+            summary.reason, summary.reason)
+        if summary.best_checkpoint is not None:
+            msg = (f"Training {what} after {summary.epochs_run} epoch(s) in {fmt_seconds(secs)}; best "
+                   f"{summary.monitor} {summary.best_value:.4f} at epoch {summary.best_epoch}. "
+                   f"Checkpoint: {summary.best_checkpoint}")
+            s = summary.test_scalars
+            parts = [f"{k} {s[k]:.3f}" for k in ("dice", "balanced_accuracy") if s.get(k) is not None]
+            if parts:
+                msg += " Held-out test: " + ", ".join(parts) + "."
+            self.best_checkpoint = summary.best_checkpoint
             if self.docked:  # a closed dock does not hand its model to the other widgets
-                self.state.set_checkpoint(str(fit.best_checkpoint))
+                self.state.set_checkpoint(str(summary.best_checkpoint))
             self.inform(msg)
         else:
             self.inform(f"Training {what} before the first epoch completed; no checkpoint was written")

@@ -5,6 +5,14 @@ writing one patient's pixels with another's mask: a Labels layer made by
 napari-mtunet names the image it belongs to (``source_layer`` in
 :mod:`napari_mtunet.layer_meta`), and any other image is refused; a Labels
 layer without that record must first be linked to its image.
+
+A class that is only the model's prediction is not a label: every sample
+added records where its class comes from (``class_source`` in
+``labels.csv``: ``confirmed`` by the user, or the dataset's
+``ground_truth``), and a class nobody confirmed is refused unless the caller
+asks for it explicitly (``allow_predicted``; then it is recorded as
+``predicted``).  This is the one writer of corrections to the dataset folder
+format (through :func:`napari_mtunet.data.writer.write_generic_sample`).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ class SampleItem:
     mask: np.ndarray
     label: str | None
     slice_index: int | None = None
+    #: where ``label`` comes from: "confirmed", "ground_truth" or "predicted" (see layer_meta.SliceInfo.label_source)
+    label_source: str | None = "confirmed"
 
 
 @dataclass
@@ -64,31 +74,51 @@ def check_pairing(image_name: str, image_shape: tuple[int, ...], labels_name: st
 
 
 def sample_items(image: Any, labels: Any, classes: Sequence[str | None], *, rgb: bool,
-                 slices: Sequence[int] | None = None) -> list[SampleItem]:
-    """The (image, mask, class) items of a 2-D pair or of chosen slices of a stack."""
+                 slices: Sequence[int] | None = None,
+                 sources: Sequence[str | None] | None = None) -> list[SampleItem]:
+    """The (image, mask, class) items of a 2-D pair or of chosen slices of a stack; ``sources``: where each
+    slice's class comes from (default: confirmed)."""
     img = np.asarray(image)
     lab = np.asarray(labels)
+
+    def source(i: int) -> str | None:
+        return sources[i] if sources is not None and i < len(sources) else "confirmed"
+
     if lab.ndim == 2:
-        return [SampleItem(img, (lab > 0).astype(np.uint8), classes[0] if classes else None, None)]
+        return [SampleItem(img, (lab > 0).astype(np.uint8), classes[0] if classes else None, None, source(0))]
     idx = list(range(lab.shape[0])) if slices is None else [int(i) for i in slices]
-    return [SampleItem(img[i], (lab[i] > 0).astype(np.uint8), classes[i] if i < len(classes) else None, i)
-            for i in idx]
+    return [SampleItem(img[i], (lab[i] > 0).astype(np.uint8), classes[i] if i < len(classes) else None, i,
+                       source(i)) for i in idx]
+
+
+def unconfirmed(items: Sequence[SampleItem]) -> list[SampleItem]:
+    """The items whose class is only the model's prediction."""
+    return [it for it in items if it.label and it.label_source == "predicted"]
 
 
 def add_samples(root: str | os.PathLike, items: Sequence[SampleItem], *, group: str | None = None,
-                source: str | None = None, model: str | None = None) -> list[AddedSample]:
+                source: str | None = None, model: str | None = None,
+                allow_predicted: bool = False) -> list[AddedSample]:
     """Write ``items`` as new samples of the generic-layout dataset ``root``; ``labels.csv`` records the
-    source image (and slice) and the model whose prediction was corrected."""
+    source image (and slice), the model whose prediction was corrected and where each class comes from
+    (``class_source``).  Items whose class nobody confirmed are refused unless ``allow_predicted``."""
     from ..data.writer import write_generic_sample
 
     missing = [i for i, it in enumerate(items) if not it.label]
     if missing:
         raise ValueError(f"set a class for every image to add (missing for {len(missing)} of {len(items)})")
+    guessed = unconfirmed(items)
+    if guessed and not allow_predicted:
+        where = ", ".join(f"slice {it.slice_index}" if it.slice_index is not None else "the image"
+                          for it in guessed[:5])
+        raise ValueError(
+            f"the class of {where} is only the model's prediction ({guessed[0].label}); confirm it or pick "
+            "your class first (nothing was written)")
     out = []
     for it in items:
         src = None if source is None else (source if it.slice_index is None else f"{source} [{it.slice_index}]")
         res = write_generic_sample(root, it.image, it.mask, it.label, group=group,
-                                   extra={"source": src, "model": model})
+                                   extra={"source": src, "model": model, "class_source": it.label_source})
         out.append(AddedSample(str(root), str(res.image), it.image, it.mask, it.label))
     return out
 
