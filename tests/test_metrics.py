@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -212,3 +213,43 @@ def test_pooled_dice_and_balanced_accuracy_have_one_definition_each():
     assert M.pooled_dice(*M.seg_sums(np.zeros((1, 3, 3)), np.zeros((1, 3, 3)))) == 1.0
     assert M.balanced_accuracy(np.array([0, 0, 1]), np.array([0, 1, 1])) == pytest.approx(0.75)
     assert math.isnan(M.balanced_accuracy(np.zeros(0), np.zeros(0)))
+
+
+def test_mtunet_evaluate_on_busi_without_normal_images_names_the_absent_class_and_prints_no_warning(tmp_path):
+    """The real command on real BUSI images of two of the three classes, in a fresh process (default warning
+    filters, as a user runs it): the report averages over benign and malignant, says normal is absent, and
+    nothing like ``RuntimeWarning: Mean of empty slice`` reaches the terminal."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from napari_mtunet.checkpoint import save_checkpoint
+    from napari_mtunet.config import ModelConfig, Preprocessing
+    from napari_mtunet.model import build_model
+
+    busi = Path(__file__).resolve().parents[2] / "shared" / "data" / "busi" / "Dataset_BUSI_with_GT"
+    if not busi.is_dir():
+        pytest.skip("the BUSI data set is not here")
+    ds = tmp_path / "busi_two_classes"
+    for cls in ("benign", "malignant"):
+        (ds / cls).mkdir(parents=True)
+        images = sorted(p for p in (busi / cls).glob("*.png") if "_mask" not in p.name)[:6]
+        for img in images:
+            for src in [img, *sorted(img.parent.glob(img.stem + "_mask*.png"))]:
+                shutil.copy(src, ds / cls / src.name)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder_weights=None, class_names=["benign", "malignant", "normal"]),
+                        Preprocessing(image_size=64)).eval()
+    ckpt = save_checkpoint(tmp_path / "model.safetensors", model)
+    proc = subprocess.run([sys.executable, "-m", "napari_mtunet.cli", "--threads", "1", "evaluate", str(ckpt), str(ds),
+                           "--device", "cpu", "--n-boot", "200", "--json", str(tmp_path / "report.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr and "Mean of empty slice" not in proc.stdout + proc.stderr, proc.stderr
+    assert "no image of class normal in this split" in proc.stdout
+    assert "average the 2 classes present (benign, malignant)" in proc.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["classification"]["absent_classes"] == ["normal"]

@@ -205,8 +205,11 @@ def cmd_finetune(args) -> int:
         d["augment"] = False
     if args.train_bn:
         d["freeze_bn"] = False
+    if args.adapt_bn is not None:
+        d["adapt_bn"] = args.adapt_bn
     outcome = _drive(iter_finetune(args.checkpoint, args.dataset, args.out, config=FinetuneConfig.from_dict(d),
-                                   replay=args.replay, layout=args.layout or "auto"), quiet=args.quiet)
+                                   replay=args.replay, layout=args.layout or "auto", unlabelled=args.unlabelled),
+                     quiet=args.quiet)
     if outcome.child is None:
         raise CLIError("fine-tuning stopped before it finished; no checkpoint was written")
     print(f"fine-tuned checkpoint: {outcome.child} (parent {Path(args.checkpoint).name})")
@@ -475,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help=_h("batch size", F.batch_size))
     p.add_argument("--check-fraction", type=float, default=None,
                    help=_h("fraction of the new samples held back to check before/after", F.check_fraction))
+    p.add_argument("--unlabelled", nargs="+", default=None, metavar="IMAGES",
+                   help="uncorrected images of the same scanner (folders or files; no labels needed): the model "
+                        "adapts to them (see --adapt-bn)")
+    p.add_argument("--adapt-bn", choices=("keep", "new", "mix"), default=None,
+                   help=_h("BatchNorm statistics: keep the base model's, re-estimate them on the new images "
+                           "(corrections + --unlabelled), or on those mixed with replayed base images", F.adapt_bn))
     p.add_argument("--train-bn", action="store_true", help="update BatchNorm statistics (default: keep the base model's)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default=None)
@@ -644,7 +653,7 @@ def _int_list_type(dest: str) -> Any:
         try:
             values = [int(t) for t in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers from {lo} to {hi}, got {text!r}") from None
         if not values or any(not lo <= v <= hi for v in values):
             raise argparse.ArgumentTypeError(f"expected comma-separated integers from {lo} to {hi}, got {text!r}")
         return ",".join(str(v) for v in values)

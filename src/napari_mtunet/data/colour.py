@@ -259,9 +259,20 @@ def _tiff_colour_samples(page, where) -> tuple[str, int]:
     raise refuse(f"{name!r} (TIFF photometric interpretation {pm})", where)
 
 
+def check_tiff_page(page, where: str | Path | None) -> tuple[str, int]:
+    """Refuse, before decoding, a page whose colour model has no unambiguous conversion; ``(model, colour samples)``."""
+    model, colour = _tiff_colour_samples(page, where)
+    if model == "ycbcr" and not _tiff_decoded_as_rgb(page):
+        sub = page.tags.valueof(530, (2, 2))  # YCbCrSubSampling (TIFF's default is 2 x 2)
+        if tuple(int(v) for v in np.asarray(sub).reshape(-1)) != (1, 1):
+            raise refuse(f"'YCbCr' with chroma subsampling {tuple(int(v) for v in np.asarray(sub).reshape(-1))} "
+                         "and no JPEG compression", where)
+    return model, colour
+
+
 def from_tiff(arr: np.ndarray, page, where: str | Path | None, *, mask: bool) -> np.ndarray:
     """Decoded TIFF samples (``(H, W)``, ``(H, W, S)``; planes already moved last) as a standard layout."""
-    model, colour = _tiff_colour_samples(page, where)
+    model, colour = check_tiff_page(page, where)
     a = np.asarray(arr)
     if a.ndim == 2:
         a = a[..., None]
@@ -293,10 +304,7 @@ def from_tiff(arr: np.ndarray, page, where: str | Path | None, *, mask: bool) ->
     if model == "cmyk":
         rgb = cmyk_to_rgb(col)
     elif model == "ycbcr":
-        sub = page.tags.valueof(530, (2, 2))  # YCbCrSubSampling; tifffile reads (1, 1) data only without JPEG
-        if tuple(sub) != (1, 1):
-            raise refuse(f"'YCbCr' with chroma subsampling {tuple(sub)} and no JPEG compression", where)
-        rgb = ycbcr_to_rgb(col, page.tags.valueof(529), page.tags.valueof(532))
+        rgb = ycbcr_to_rgb(col, _rationals(page.tags.valueof(529), 3), _rationals(page.tags.valueof(532), 6))
     elif model in ("cielab", "icclab"):
         if col.dtype != np.uint8:
             raise refuse(f"'L*a*b*' with {col.dtype} samples", where, "only 8-bit L*a*b* is converted")
@@ -306,6 +314,16 @@ def from_tiff(arr: np.ndarray, page, where: str | Path | None, *, mask: bool) ->
     if alpha is None:
         return rgb
     return np.concatenate([rgb, _as_dtype(alpha, rgb.dtype)[..., None]], axis=-1)
+
+
+def _rationals(value: Any, n: int) -> list[float] | None:
+    """A TIFF RATIONAL tag as ``n`` floats (tifffile gives numerator, denominator pairs flattened)."""
+    if value is None:
+        return None
+    flat = [float(v) for v in np.asarray(value).reshape(-1)]
+    if len(flat) == 2 * n:
+        return [a / b if b else 0.0 for a, b in zip(flat[0::2], flat[1::2])]
+    return flat if len(flat) == n else None
 
 
 def _as_dtype(alpha: np.ndarray, dtype) -> np.ndarray:

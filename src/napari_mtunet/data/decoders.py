@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .colour import from_dicom, from_pil, from_tiff, pil_layout, tiff_layout
+from .colour import check_tiff_page, from_dicom, from_pil, from_tiff, pil_layout, tiff_layout
 from .errors import (
     DataError,
     ImageTooLargeError,
@@ -101,6 +101,7 @@ def page_array(page, p: Path, *, mask: bool = False) -> np.ndarray:
     """One TIFF page decoded whole, colour model applied."""
     h, w = yx(page)
     check_pixel_count(h, w, p)
+    check_tiff_page(page, p)
     try:
         arr = samples_last(page.asarray(), page)
     except UnsupportedFormatError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .colour import from_tiff
+from .colour import check_tiff_page, from_tiff
 from .decoders import page_array, samples_last, tiff_error, yx
 from .errors import DataError, UnsupportedFormatError
 from .formats import check_file, check_pixel_count
@@ -67,6 +67,7 @@ def read_region(
                     f"pyramid level {level} requested but the TIFF has {len(lvls)} level(s)", p
                 )
             page = lvls[level]
+            check_tiff_page(page, p)
             if region is None:
                 return page_array(page, p, mask=mask)
             return from_tiff(read_window(tf, page, region, p), page, p, mask=mask)

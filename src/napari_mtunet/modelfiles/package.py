@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .checkpoint_load import CheckpointInfo, build_checked, described_model, load_checkpoint, read_checked
 from .errors import CheckpointError, PackageError
+from .sniff import open_checkpoint
 from .safetensors_format import MAX_HEADER_BYTES, MAX_PARAMETERS, read_tensors
 
 if TYPE_CHECKING:
@@ -340,6 +341,15 @@ def _copy_exactly(src: BinaryIO, dst: Path, n: int, package: Path, entry: str) -
             left -= len(chunk)
 
 
+def _explain_zip(p: Path) -> None:
+    """A ``.zip`` that is not a readable package: say what is wrong with it as a package."""
+    with _entry_errors(p, None):
+        if not zipfile.is_zipfile(p):
+            raise PackageError(p, "not a readable zip archive (truncated or corrupt: no central directory)")
+    with _open_zip(p) as zf:
+        _read_rdf_from_zip(zf, p)  # raises: no rdf.yaml
+
+
 def open_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, CheckpointInfo]:
     """Open a ``.safetensors`` checkpoint or a bioimage.io package exported by napari-mtunet.
 
@@ -357,11 +367,19 @@ def open_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
             "the bioimage.io package it was exported from, or run it with Predictor(path, backend='onnxruntime')"
         )
     if not is_bioimageio_package(p):
+        if p.suffix.lower() == ".zip" and p.is_file():
+            _explain_zip(p)
         return load_checkpoint(p, device=device)
     if p.is_file() and zipfile.is_zipfile(p):
         return _open_zip_model(p, device)
     ckpt = _folder_checkpoint(p)
     with _entry_errors(p, ckpt.name):
-        model, info = load_checkpoint(ckpt, device=device)
-    info.path = p
-    return model, info
+        real, fh, size = open_checkpoint(ckpt)
+        with fh:  # one handle: header, length check, tensors
+            meta, header = read_checked(fh, size, str(real))
+            if header.data_end != size:
+                raise PackageError(p, f"is {size:,} bytes long but its safetensors header describes "
+                                   f"{header.data_end:,}; the package was damaged or edited", ckpt.name)
+            config, preprocessing = described_model(meta, header, str(real))
+            tensors = read_tensors(fh, header, str(real))
+        return build_checked(tensors, meta, config, preprocessing, str(real), path=p, device=device)
