@@ -172,12 +172,32 @@ def test_training_views_cover_every_kind_and_their_prompts_are_inside_the_region
         assert 0 <= r0 < r1 <= 300 and 0 <= c0 < c1 <= 400
         assert 0 <= v.iterations <= cfg.max_iterations
         for p in v.prompts.points:
-            assert r0 <= p.row < r1 and c0 <= p.col < c1
             assert truth[int(p.row), int(p.col)] == p.positive
+            if p.positive or v.kind != "corrections":  # (a negative click may lie beyond what is run)
+                assert r0 <= p.row < r1 and c0 <= p.col < c1
+        if v.kind == "corrections":
+            assert v.prompts.previous_mask is not None and (v.prompts.previous_mask != truth).any()
+            assert v.region == zoom_region(truth.shape, v.prompts.extent(), margin=cfg.zoom_margin,
+                                           min_zoom=cfg.min_zoom)  # what the Predictor would run
         if v.kind == "box":
             b = v.prompts.box
             assert r0 <= b[0] and b[2] <= r1 and c0 <= b[1] and b[3] <= c1
-    assert set(kinds) == {"box", "first_click", "zoomed_clicks"}
+    assert set(kinds) == {"box", "first_click", "zoomed_clicks", "corrections"}
     assert abs(kinds["box"] / 300 - cfg.box_share) < 0.1
     empty = training_view(np.zeros((50, 50), bool), rng, cfg)
     assert empty.kind == "negative" and empty.prompts.points and not any(p.positive for p in empty.prompts.points)
+
+
+def test_corrupted_masks_are_wrong_and_corrective_clicks_fix_their_errors():
+    from napari_mtunet.prompts import corrective_clicks, corrupt_mask
+
+    truth = _ellipse((200, 240), (100, 120), (30, 45))
+    rng = np.random.default_rng(5)
+    ious = []
+    for _ in range(40):
+        prev = corrupt_mask(truth, rng)
+        ious.append((prev & truth).sum() / max(1, (prev | truth).sum()))
+        for c in corrective_clicks(truth, prev, rng, 3):
+            r, k = int(c.row), int(c.col)
+            assert truth[r, k] == c.positive and prev[r, k] != c.positive  # on an error, on the right side
+    assert max(ious) < 1.0 and np.median(ious) < 0.9 and min(ious) < 0.5

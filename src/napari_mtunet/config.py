@@ -476,6 +476,10 @@ class TrainConfig(_Dict):
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
+#: How fine-tuning treats BatchNorm statistics (see :attr:`FinetuneConfig.adapt_bn`).
+ADAPT_BN: tuple[str, ...] = ("keep", "new", "mix")
+
+
 @dataclass
 class FinetuneConfig(_Dict):
     """Fine-tuning a trained model on a few corrected samples: one set of defaults for every front end.
@@ -509,6 +513,10 @@ class FinetuneConfig(_Dict):
     min_check: int = 2
     #: Images of the base model's own held-out split scored before/after (forgetting), when available.
     base_check_images: int = 40
+    #: BatchNorm statistics before fine-tuning: "keep" the base model's, re-estimate them on the "new" images
+    #: (the corrections and any uncorrected images of the same scanner), or on a "mix" of the new images and as
+    #: many replayed base images (the old scanner keeps its say).
+    adapt_bn: str = "keep"
     seed: int = 0
     device: str = "auto"
 
@@ -529,6 +537,8 @@ class FinetuneConfig(_Dict):
             raise ConfigError(f"encoder_lr_scale must be in [0, 10], got {self.encoder_lr_scale}")
         if not 0 <= _finite("replay_ratio", self.replay_ratio) <= 100:
             raise ConfigError(f"replay_ratio must be in [0, 100], got {self.replay_ratio}")
+        if self.adapt_bn not in ADAPT_BN:
+            raise ConfigError(f"adapt_bn must be one of {ADAPT_BN}, got {self.adapt_bn!r}")
 
     def n_check(self, n_new: int) -> int:
         """How many of ``n_new`` samples are held back for the before/after check."""
@@ -591,6 +601,10 @@ class InteractiveConfig(_Dict):
     box_share: float = 0.4
     #: Share of the click views that show the whole image with first click(s) only (no previous mask).
     first_click_share: float = 0.3
+    #: Share of the zoomed click views whose previous mask is a corrupted copy of the truth (grown, shrunk,
+    #: shifted, cut, a false blob, far too large) with the clicks a user puts on its errors: they teach the
+    #: network to follow clicks against a wrong previous mask, at no extra forward pass.
+    synthetic_share: float = 0.5
     #: Simulated corrective clicks per prompted view: 0..max_iterations, each after a no-gradient pass.
     max_iterations: int = 3
     #: Box sides moved by up to this fraction of the box size (a user's box is not exact).
@@ -616,7 +630,7 @@ class InteractiveConfig(_Dict):
     def __post_init__(self) -> None:
         if not 0.0 <= _finite("prompted_per_image", self.prompted_per_image) <= 4.0:
             raise ConfigError(f"prompted_per_image must be in [0, 4], got {self.prompted_per_image}")
-        for name in ("box_share", "first_click_share"):
+        for name in ("box_share", "first_click_share", "synthetic_share"):
             if not 0.0 <= _finite(name, getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= int(self.max_iterations) <= 20:

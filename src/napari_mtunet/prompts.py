@@ -345,7 +345,7 @@ class TrainingView:
     """One prompted training view of an image: the region to crop, the first prompts (in image pixels) and
     how many corrective clicks the trainer adds on the model's own predictions."""
 
-    kind: str  # "box", "first_click", "zoomed_clicks" or "negative"
+    kind: str  # "box", "first_click", "zoomed_clicks", "corrections" or "negative"
     region: Region
     prompts: Prompts
     iterations: int
@@ -417,6 +417,16 @@ def training_view(truth: np.ndarray, rng: np.random.Generator, cfg: InteractiveC
         clicks = _random_clicks(t, rng, n_pos, n_neg, whole)
         return TrainingView("first_click", whole, Prompts(shape, tuple(clicks)),
                             int(rng.integers(0, min(1, cfg.max_iterations) + 1)))
+    if rng.random() < cfg.synthetic_share:
+        # A user correcting a wrong mask: a previous mask with the errors models make (too large, too small,
+        # shifted, cut, a false blob, or far too large), the clicks a user puts on those errors, and the
+        # region the Predictor runs for them.
+        prev = corrupt_mask(t, rng)
+        first = _random_clicks(t, rng, 1, 0, whole)
+        clicks = list(first) + corrective_clicks(t, prev, rng, int(rng.integers(1, 4)))
+        prompts = Prompts(shape, tuple(clicks), None, prev)
+        region = zoom_region(shape, prompts.extent(), margin=cfg.zoom_margin, min_zoom=cfg.min_zoom)
+        return TrainingView("corrections", region, prompts, int(rng.integers(0, min(1, cfg.max_iterations) + 1)))
     # Later clicks: the Predictor zooms on the previous mask and the clicks; a previous mask is never exact,
     # so the region is the object's box moved and scaled a little.
     rough = _jittered_box(obj, shape, max(cfg.box_jitter, 0.15), rng)
@@ -425,3 +435,59 @@ def training_view(truth: np.ndarray, rng: np.random.Generator, cfg: InteractiveC
     clicks = _random_clicks(t, rng, n_pos, n_neg, region)
     return TrainingView("zoomed_clicks", region, Prompts(shape, tuple(clicks)),
                         int(rng.integers(0, cfg.max_iterations + 1)))
+
+
+def corrupt_mask(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A wrong previous mask for ``truth``, as a model might give: grown, shrunk, shifted, cut by a line,
+    with a false blob beside it, or far too large (one or two of these at random)."""
+    from scipy import ndimage as ndi
+
+    m = np.asarray(truth, bool).copy()
+    r0, c0, r1, c1 = bbox(m)
+    size = max(r1 - r0, c1 - c0)
+    h, w = m.shape
+    kinds = rng.choice(["grow", "shrink", "shift", "cut", "blob", "huge"], size=int(rng.integers(1, 3)),
+                       replace=False, p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
+    for kind in kinds:
+        if not m.any():
+            break
+        if kind == "grow":
+            m = ndi.distance_transform_edt(~m) <= max(1.0, rng.uniform(0.03, 0.25) * size)
+        elif kind == "shrink":
+            shrunk = ndi.distance_transform_edt(m) > max(1.0, rng.uniform(0.03, 0.2) * size)
+            m = shrunk if shrunk.any() else m
+        elif kind == "shift":
+            dy, dx = (rng.uniform(-0.3, 0.3, 2) * size).astype(int)
+            m = np.roll(m, (dy, dx), axis=(0, 1))
+        elif kind == "cut":
+            rr, cc = np.nonzero(m)
+            cy, cx = rr.mean(), cc.mean()
+            angle = rng.uniform(0, 2 * np.pi)
+            offset = rng.uniform(-0.3, 0.3) * size
+            yy, xx = np.mgrid[:h, :w]
+            m &= (yy - cy) * np.sin(angle) + (xx - cx) * np.cos(angle) < offset
+        elif kind == "blob":
+            ry, rx = (rng.uniform(0.15, 0.5, 2) * size).clip(2)
+            cy = np.clip((r0 + r1) / 2 + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2) * size, 0, h - 1)
+            cx = np.clip((c0 + c1) / 2 + rng.choice([-1, 1]) * rng.uniform(0.6, 1.2) * size, 0, w - 1)
+            yy, xx = np.mgrid[:h, :w]
+            m |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        elif kind == "huge":
+            m = ndi.distance_transform_edt(~m) <= max(2.0, rng.uniform(0.3, 1.0) * size)
+    return m
+
+
+def corrective_clicks(truth: np.ndarray, previous: np.ndarray, rng: np.random.Generator, n: int) -> list[Click]:
+    """``n`` clicks a user puts on the errors of ``previous`` (drawn in the larger error region, each click
+    counted as fixing the pixels near it before the next is placed)."""
+    t = np.asarray(truth, bool)
+    p = np.asarray(previous, bool).copy()
+    clicks: list[Click] = []
+    for _ in range(n):
+        c = next_click(t, p, rng)
+        if c is None:
+            break
+        clicks.append(c)
+        near = disks([(c.row, c.col)], t.shape, max(3.0, 0.05 * max(t.shape))) > 0
+        p[near] = t[near]
+    return clicks
