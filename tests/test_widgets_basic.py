@@ -95,7 +95,10 @@ def test_gradcam_layer_is_additive_and_aligned(make_napari_viewer, qtbot, tmp_pa
 
     kinds = {layer_meta.read(lyr.metadata).kind: lyr for lyr in viewer.layers if layer_meta.read(lyr.metadata)}
     cam, labels = kinds["gradcam"], kinds["prediction"]
-    assert cam.name.startswith("x [Grad-CAM") and labels.name == f"x [{tmp_path.name}/m]"  # named by model
+    from napari_mtunet.widgets._layers import short_model_name
+
+    model = short_model_name(f"{tmp_path.name}/m")  # the run folder and file, elided in front when long
+    assert cam.name == f"x [Grad-CAM {model}]" and labels.name == f"x [{model}]"  # named by model
     assert cam.data.shape == (90, 70) and cam.blending == "additive"
     assert 0.0 <= cam.data.min() and cam.data.max() <= 1.0
     assert tuple(cam.scale) == (0.5, 2.0) and tuple(labels.scale) == (0.5, 2.0)

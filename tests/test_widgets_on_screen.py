@@ -139,9 +139,9 @@ def test_the_image_being_corrected_is_the_one_on_screen(make_napari_viewer, qtbo
     click(qtbot, aw.add_button)
     wait_idle(qtbot, aw)
     assert len(errors) == 1 and f"'{MALIGNANT}' lies over '{BENIGN}'" in errors[0], errors
-    assert "Show its image" in errors[0] and not root.exists()
+    assert "Press 'Show' beside the image" in errors[0] and not root.exists()
 
-    # a larger image lying over it is refused the same way; "Show its image" fixes it
+    # a larger image lying over it is refused the same way; "Show" fixes it
     viewer.add_image(np.zeros((2000, 2000), np.uint8), name="overview")
     click(qtbot, aw.show_button)
     assert covering_images(viewer, benign) == []

@@ -32,6 +32,8 @@ from ._warmup import warm_up, warm_up_done
 
 #: The settings part of a dock never shrinks below this (a couple of rows; the rest scrolls).
 MIN_SETTINGS_HEIGHT = 70
+#: The settings height a dock asks for (more when napari's side has room; less, scrolling, when not).
+PREFERRED_SETTINGS_HEIGHT = 240
 
 
 @dataclass
@@ -134,6 +136,36 @@ class JobWidget(QWidget):
         self._warm_timer.setInterval(200)
         self._warm_timer.timeout.connect(self._check_warm)
         self._warm_timer.start()
+
+    def preferred_height(self) -> int:
+        """The watched part and a few rows of settings (what does not fit scrolls)."""
+        return self.watch.sizeHint().height() + min(self.body.sizeHint().height(), PREFERRED_SETTINGS_HEIGHT)
+
+    def balance_docks(self) -> None:
+        """Share the height of napari's dock area between the napari-mtunet docks in it, in proportion to what
+        each prefers (Qt gives a newly docked widget its minimum and the first one the rest: with Predict and
+        Annotate open, Annotate's settings got two rows)."""
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        main = self.window()
+        mine = self.parentWidget()
+        while mine is not None and not isinstance(mine, QDockWidget):
+            mine = mine.parentWidget()
+        if not isinstance(main, QMainWindow) or mine is None or mine.isFloating():
+            return
+        area = main.dockWidgetArea(mine)
+        docks, wanted = [], []
+        for dock in main.findChildren(QDockWidget):
+            job = dock.widget() if isinstance(dock.widget(), JobWidget) else dock.findChild(JobWidget)
+            if job is None or dock.isFloating() or not dock.isVisible() or main.dockWidgetArea(dock) != area:
+                continue
+            docks.append(dock)
+            wanted.append(job.preferred_height() + (dock.height() - job.height()))
+        if len(docks) < 2:
+            return
+        total = sum(d.height() for d in docks)
+        scale = total / max(1, sum(wanted))
+        main.resizeDocks(docks, [max(1, int(w * scale)) for w in wanted], Qt.Orientation.Vertical)
 
     def eventFilter(self, obj: Any, ev: QEvent) -> bool:  # noqa: N802 - Qt API
         if obj is self.body and ev.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
@@ -252,11 +284,18 @@ class JobWidget(QWidget):
         if ev.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._had_parent, self.closed = True, False
+                self._balance_pending = True  # when the dock shows in napari's window
             elif self._had_parent:
                 self.closed = True
                 self.stop_job()
                 self.on_closed()
         return super().event(ev)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if getattr(self, "_balance_pending", False):
+            self._balance_pending = False
+            QTimer.singleShot(0, self.balance_docks)
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
         self.closed = True

@@ -57,8 +57,8 @@ class AnnotateWidget(JobWidget):
         self.link_button = QPushButton("Link labels to image")
         self.new_labels_button = QPushButton("New annotation layer")
         self.new_labels_button.setToolTip("A new Labels layer for the image, starting from its prediction if any")
-        self.show_button = QPushButton("Show its image")
-        self.show_button.setToolTip("Bring the image of the selected Labels layer up on the canvas")
+        self.show_button = QPushButton("Show")
+        self.show_button.setToolTip("Bring this image (and the Labels layer over it) up on the canvas")
         self.class_choice = combo([], None, editable=False)
         self.class_choice.setToolTip("Your class for the image on screen (kept beside the model's prediction)")
         self.class_choice.setPlaceholderText("pick the class")
@@ -85,11 +85,13 @@ class AnnotateWidget(JobWidget):
         ann = QGroupBox("Annotate")
         f = QFormLayout(ann)
         f.addRow("Labels", self.labels_layer)
-        f.addRow("Image", self.image_layer)
+        row = QHBoxLayout()
+        row.addWidget(self.image_layer, 1)
+        row.addWidget(self.show_button)
+        f.addRow("Image", row)
         row = QHBoxLayout()
         row.addWidget(self.link_button)
         row.addWidget(self.new_labels_button)
-        row.addWidget(self.show_button)
         f.addRow(row)
         row = QHBoxLayout()
         row.addWidget(self.class_choice, 1)
@@ -328,8 +330,8 @@ class AnnotateWidget(JobWidget):
             what = (f"{covers[0].name!r} lies over {image.name!r} on the canvas" if covers else
                     f"{image.name!r} is hidden" if not image.visible else f"{labels.name!r} is hidden")
             raise PairingError(
-                f"{what}: you would add a correction you cannot see. Press 'Show its image' (or hide the layer "
-                "over it) and check the mask first")
+                f"{what}: you would add a correction you cannot see. Press 'Show' beside the image (or hide the "
+                "layer over it) and check the mask first")
         n = self._n_slices(labels)
         infos = [rec.slice(i) for i in range(n)]
         classes = [(s.label if s is not None else None) for s in infos]
