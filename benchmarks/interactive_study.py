@@ -45,10 +45,10 @@ SCHEDULES: dict[str, dict | None] = {
 
 #: Prediction policies (InteractiveConfig fields that act at prediction only).
 POLICIES: dict[str, dict] = {
-    "refine_enforce_tta": {"refine_first_click": True, "enforce_clicks": True, "tta": True},
-    "refine_enforce": {"refine_first_click": True, "enforce_clicks": True, "tta": False},
-    "norefine_enforce": {"refine_first_click": False, "enforce_clicks": True, "tta": False},
-    "refine_raw": {"refine_first_click": True, "enforce_clicks": False, "tta": False},
+    "refine_enforce_tta": {"refine_first_click": True, "enforce_clicks": True, "tta": True, "box_prior": True},
+    "refine_enforce": {"refine_first_click": True, "enforce_clicks": True, "tta": False, "box_prior": True},
+    "norefine_enforce": {"refine_first_click": False, "enforce_clicks": True, "tta": False, "box_prior": True},
+    "refine_enforce_noprior": {"refine_first_click": True, "enforce_clicks": True, "tta": False, "box_prior": False},
 }
 
 

@@ -623,6 +623,9 @@ class InteractiveConfig(_Dict):
     #: Prediction: clicked pixels end on the clicked side (positive inside the mask, negative outside) and
     #: only the parts of the mask the prompts point at are kept.
     enforce_clicks: bool = True
+    #: Prediction: a box prompt without a previous mask starts from the ellipse inscribed in the box (training
+    #: shows half the box views that way), so the network corrects a good guess instead of starting empty.
+    box_prior: bool = True
     #: Prediction: prompted passes also average with the mirror image when the model's post-processing chose
     #: left-right test-time augmentation (twice the time per click).
     tta: bool = True

@@ -48,7 +48,8 @@ from .device import resolve_device
 from .postprocess import forward as forward_with_tta
 from .postprocess import consistent_class_probabilities, no_lesion_index, remove_small_lesions
 from .preprocess import ImageFormatError, scale_to_unit, split_stack, to_float_rgb
-from .prompts import PromptError, Prompts, Region, apply_prompts, click_radius_in_image, encode, zoom_region
+from .prompts import (PromptError, Prompts, Region, apply_prompts, click_radius_in_image, ellipse_in_box, encode,
+                      zoom_region)
 
 MODES = ("auto", "resize", "native", "tiled")
 #: Inference engines: PyTorch, or ONNX Runtime on the exported graph (napari_mtunet.export; CPU-only machines).
@@ -524,6 +525,8 @@ class Predictor:
             raise PromptError(f"{at}a previous mask is corrected with clicks or a box; none was given")
         cfg = self.interactive
         conv = _Converter(arr, where)
+        if prompts.box is not None and prompts.previous_mask is None and cfg.box_prior:
+            prompts = prompts.with_mask(ellipse_in_box(arr.shape[:2], prompts.box))
         if prompts.needs_first_pass():
             first = self._prompted_pass(arr, conv, prompts, (0, 0, *arr.shape[:2]))
             if not cfg.refine_first_click or not first.mask.any():

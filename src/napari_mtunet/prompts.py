@@ -408,7 +408,9 @@ def training_view(truth: np.ndarray, rng: np.random.Generator, cfg: InteractiveC
     u = rng.random()
     if u < cfg.box_share:
         box = _jittered_box(obj, shape, cfg.box_jitter, rng)
-        prompts = Prompts(shape, (), box)
+        # half the box views start from the ellipse inscribed in the box (InteractiveConfig.box_prior)
+        prior = ellipse_in_box(shape, box) if rng.random() < 0.5 else None
+        prompts = Prompts(shape, (), box, prior)
         region = zoom_region(shape, prompts.extent(), margin=cfg.zoom_margin, min_zoom=cfg.min_zoom)
         return TrainingView("box", region, prompts, int(rng.integers(0, cfg.max_iterations + 1)))
     n_pos = int(rng.choice([1, 2, 3], p=[0.7, 0.2, 0.1]))
