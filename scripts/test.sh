@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs (system libraries for Qt under Xvfb,
-# the package with its test extra) and run the whole suite.
+# Install everything the test suite needs, as a user installs napari-mtunet, and run the whole suite.
+#
+#   bash scripts/test.sh                  # the README's command: works on a fresh machine
+#   bash scripts/test.sh -m "not slow"    # arguments go to pytest
+#
+# 1. System libraries for Qt under Xvfb (apt-get, where there is one).
+# 2. A virtual environment: MTUNET_TEST_VENV if set (created if missing; .ci/run passes a new one,
+#    so CI sees what a new user gets), else the active one ($VIRTUAL_ENV), else ./.venv
+#    (created on first use; never the system Python).
+# 3. pip install -e ".[test]" into it: the versions pip resolves today, within pyproject.toml's ranges.
+# 4. pytest, offline (tests never download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +28,27 @@ if command -v apt-get >/dev/null 2>&1; then
   fi
 fi
 
-python3 -m pip install -q -e ".[test]"
-# No network at test time: models are built with encoder_weights=None.
+if [ -n "${MTUNET_TEST_VENV:-}" ]; then
+  VENV="$MTUNET_TEST_VENV"
+elif [ -n "${VIRTUAL_ENV:-}" ]; then
+  VENV="$VIRTUAL_ENV"
+else
+  VENV=".venv"
+fi
+py() { if [ -x "$VENV/bin/python" ]; then echo "$VENV/bin/python"; else echo "$VENV/Scripts/python.exe"; fi; }
+if [ ! -x "$(py)" ]; then
+  echo "creating the virtual environment $VENV"
+  python3 -m venv "$VENV" || {
+    echo "python3 -m venv failed: install Python's venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2
+    exit 1
+  }
+fi
+PY="$(py)"
+echo "installing napari-mtunet[test] into $VENV ($("$PY" --version))"
+t0=$(date +%s)
+"$PY" -m pip install -q -e ".[test]"
+echo "installed in $(( $(date +%s) - t0 )) s: $("$PY" -m pip list --format=freeze 2>/dev/null \
+  | grep -i -E '^(torch|torchvision|numpy|pydantic|bioimageio.core|napari|onnxruntime)==' | tr '\n' ' ')"
+# No network at test time: models are built with encoder_weights=None or the packaged Lite0 weights.
 export HF_HUB_OFFLINE=1
-python3 -m pytest -q "$@"
+exec "$PY" -m pytest -q "$@"

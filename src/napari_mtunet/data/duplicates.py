@@ -8,8 +8,16 @@
   are near-duplicates when both Hamming distances are small (defaults below).
   Catches re-encodes, small crops/rescales and annotation overlays.
 
-Clusters are connected components of the "is a duplicate of" graph.  The
-splitter keeps every cluster inside one split (see :mod:`.splits`).
+Clusters are connected components of the "is a duplicate of" graph
+(``scipy.sparse.csgraph.connected_components``).  The splitter keeps every
+cluster inside one split (see :mod:`.splits`).
+
+The hashes are computed here rather than with the ``imagehash`` package:
+on the 300 BUSI images both take about the same time, and they find the same
+clusters, but ``imagehash`` first converts to 8-bit greyscale (this works on
+16-bit and float images as read, with the same scaling the model sees) and
+would be one more dependency (see docs/dev/duplicates.md and
+benchmarks/bench_duplicates.py).
 """
 
 from __future__ import annotations
@@ -101,22 +109,6 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _popcount(np.bitwise_xor(a[:, None], b[None, :])).astype(np.int16)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def find_duplicates(
     hashes: dict[str, ImageHashes],
     labels: dict[str, str | None] | None = None,
@@ -131,31 +123,36 @@ def find_duplicates(
     A cluster is ``"exact"`` when all its members have identical pixels,
     otherwise ``"near"``.  Singletons are not returned.
     """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     ids = list(hashes)
     n = len(ids)
-    uf = _UnionFind(n)
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
     by_exact: dict[str, int] = {}
-    for i, k in enumerate(ids):
-        e = hashes[k].exact
-        if e in by_exact:
-            uf.union(by_exact[e], i)
-        else:
-            by_exact[e] = i
+    for i, k in enumerate(ids):  # identical pixels: an edge to the first image with them
+        first = by_exact.setdefault(hashes[k].exact, i)
+        if first != i:
+            rows.append(np.array([first]))
+            cols.append(np.array([i]))
     if near and n > 1:
         ph = np.array([hashes[k].phash for k in ids], dtype=np.uint64)
         dh = np.array([hashes[k].dhash for k in ids], dtype=np.uint64)
         for s in range(0, n, chunk):
             dp = hamming_matrix(ph[s : s + chunk], ph)
             dd = hamming_matrix(dh[s : s + chunk], dh)
-            close = (dp <= phash_max) & (dd <= dhash_max)
-            rows, cols = np.nonzero(close)
-            for r, c in zip(rows.tolist(), cols.tolist()):
-                i = s + r
-                if c > i:
-                    uf.union(i, c)
+            r, c = np.nonzero((dp <= phash_max) & (dd <= dhash_max))
+            keep = c > r + s
+            rows.append(r[keep] + s)
+            cols.append(c[keep])
+    r = np.concatenate(rows) if rows else np.zeros(0, int)
+    c = np.concatenate(cols) if cols else np.zeros(0, int)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
     comps: dict[int, list[int]] = {}
     for i in range(n):
-        comps.setdefault(uf.find(i), []).append(i)
+        comps.setdefault(int(component[i]), []).append(i)
     clusters = []
     for members in comps.values():
         if len(members) < 2:

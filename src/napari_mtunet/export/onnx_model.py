@@ -53,6 +53,7 @@ def export_onnx(
     ``overwrite``.  Returns the path written.
     """
     out = check_output(out, ".onnx", overwrite=overwrite, what="ONNX")
+    _require_onnx(verify)
     with tempfile.TemporaryDirectory(prefix="mtunet-export-") as work:
         src = load_source(checkpoint, Path(work))
         with staging_file(out, ".onnx") as tmp:
@@ -63,3 +64,13 @@ def export_onnx(
             except ModelFileError as exc:
                 raise ExportError(f"{out}: {exc}") from None
             return publish(tmp, out, overwrite=overwrite)
+
+
+def _require_onnx(verify: bool) -> None:
+    """Name the extra to install before any work when the ONNX packages are missing."""
+    import importlib.util
+
+    needed = ["onnx", "onnxscript"] + (["onnxruntime"] if verify else [])
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install \"napari-mtunet[onnx]\"")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..config import AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
 from ..events import Status, TrainEvent
