@@ -266,3 +266,52 @@ def test_random_fractions_partition_without_group_leaks_and_are_deterministic(sp
         for k in keys:
             g = group_of[by_key[k].id]
             assert placed.setdefault(g, name) == name, f"group {g} in {placed[g]} and {name}"
+
+
+# --------------------------------------------------------------------------- text safety, masks with alpha, metrics
+
+
+@FAST
+@given(st.text(max_size=60))
+def test_escaped_text_is_always_printable_and_safe_text_is_untouched(text):
+    from napari_mtunet import textsafe
+
+    shown = textsafe.escape(text)
+    assert not textsafe.unsafe_characters(shown)
+    shown.encode("utf-8")  # never a lone surrogate left
+    if not textsafe.unsafe_characters(text):
+        assert shown == text
+        textsafe.check_name(text)
+    else:
+        with pytest.raises(ValueError):
+            textsafe.check_name(text)
+
+
+@FAST
+@given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([2, 4]))))
+def test_the_alpha_rule_is_binary_and_transparent_pixels_are_background(arr):
+    from napari_mtunet.preprocess import to_binary_mask
+
+    m = to_binary_mask(arr)
+    assert m.shape == arr.shape[:2] and set(np.unique(m)) <= {0, 1}
+    alpha = arr[..., -1]
+    if alpha.min() == alpha.max():
+        assert np.array_equal(m, arr[..., :-1].any(-1).astype(np.uint8))  # constant alpha carries nothing
+    else:
+        assert not m[alpha == 0].any()  # transparent = background
+        assert m[alpha != 0].all() or m[alpha != 0].sum() == (arr[alpha != 0][:, :-1].any(-1)).sum()
+
+
+@FAST
+@given(st.integers(2, 40), st.integers(2, 5), st.integers(0, 2**16))
+def test_vectorised_classification_statistics_equal_their_single_value(n, k, seed):
+    from napari_mtunet.training import metrics as M
+
+    rng = np.random.default_rng(seed)
+    y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+    idx = M.bootstrap_indices(n, 5, seed)
+    for fn in (M.accuracy, M.balanced_accuracy, lambda a, b, i=None: M.macro_f1(a, b, list(range(k)), i)):
+        batched = fn(y, p, idx)
+        singles = [fn(y[r], p[r]) for r in idx]
+        np.testing.assert_allclose(batched, singles, atol=1e-12)
+        assert 0.0 <= fn(y, p) <= 1.0
