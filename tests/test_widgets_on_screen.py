@@ -9,8 +9,8 @@ real BUSI images.
 3. a class picked in Annotate shows in the Predict read-out at once;
 4. a new prediction of the same image by the same model replaces the earlier one (or hides it when the
    user painted on it): masks never pile up;
-5. long model names are elided in layer names and in the overlay, which sits top left, away from napari's
-   notifications (bottom right).
+5. long model names are elided in layer names and in the overlay, which sits bottom left (growing into the
+   canvas, away from napari's notifications at the bottom right).
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def test_long_model_names_are_elided_and_the_overlay_stays_clear_of_notification
     model_part = name[len(MALIGNANT) + 2:-1]
     assert len(model_part) <= MODEL_NAME_CHARS and model_part.endswith("120000/best") and model_part[0] == "…"
     ov = text_overlay(viewer)
-    assert str(getattr(ov.position, "value", ov.position)) == POSITION == "top_left"  # notifications: bottom right
+    assert str(getattr(ov.position, "value", ov.position)) == POSITION == "bottom_left"  # notifications: bottom right
     lines = ov.text.split("\n")
     assert len(lines) == 2 and all(len(line) <= LINE_CHARS for line in lines), lines
     assert lines[0].startswith(f"mtunet · {MALIGNANT}") and lines[1].startswith("predicted ")

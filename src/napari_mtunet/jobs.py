@@ -1,25 +1,37 @@
-"""What the napari widgets run in the compute process (:mod:`napari_mtunet.compute`): the workflows, with
-results napari's process can unpickle without importing torch.
+"""What the napari widgets run in the compute process (:mod:`napari_mtunet.compute`): the workflows, returning
+small results that napari's process reads without importing anything heavy.
 
 Each function is a thin wrapper: it calls one workflow and returns what the
-widget shows (a :class:`TrainSummary` instead of the trainer's result, which
-holds the model; a fine-tuning outcome without it).  The Predictor used for
-layers and folders is kept between jobs (:data:`PREDICTORS`), so the model
-loads once per session, in the compute process.  Qt-free and napari-free;
-nothing here is imported by napari's process except to unpickle results.
+widget shows, as a plain dataclass of this module or of
+:mod:`napari_mtunet.layer_meta` (a :class:`TrainSummary` instead of the
+trainer's result, which holds the model).  Why it matters: napari's process
+unpickles each result in a helper thread, and a result whose class lives in
+:mod:`napari_mtunet.workflows` would make that thread import the workflows
+package -- pure Python that holds the GIL in small slices, each of which the
+GUI thread then waits for (py-spy caught it stalling a first prediction).
+So this module imports nothing heavy at import time.
+
+The Predictor used for layers and folders is kept between jobs, so the model
+loads once per session, in the compute process.  Qt-free and napari-free.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
-from .workflows.predict_layers import PredictorCache
+_PREDICTORS: list[Any] = []
 
-#: The compute process's loaded model (one, as in the Predict widget): reloaded when the file changes.
-PREDICTORS = PredictorCache()
+
+def predictors() -> Any:
+    """The compute process's model cache (one model, as in the Predict widget; reloaded when the file changes)."""
+    if not _PREDICTORS:
+        from .workflows.predict_layers import PredictorCache
+
+        _PREDICTORS.append(PredictorCache())
+    return _PREDICTORS[0]
 
 
 # --------------------------------------------------------------------------- prediction
@@ -27,10 +39,10 @@ PREDICTORS = PredictorCache()
 
 def predict_layer(params: dict[str, Any], data: Any, rgb: bool, name: str, gradcam: bool = False,
                   cancel: Any = None) -> Iterator[Any]:
-    """One layer's data -> :class:`~napari_mtunet.workflows.predict_layers.LayerPrediction` (None if stopped)."""
+    """One layer's data -> :class:`~napari_mtunet.layer_meta.LayerPrediction` (None if stopped)."""
     from .workflows.predict_layers import iter_predict_array
 
-    return (yield from iter_predict_array(PREDICTORS, params, data, rgb, name, gradcam, cancel=cancel))
+    return (yield from iter_predict_array(predictors(), params, data, rgb, name, gradcam, cancel=cancel))
 
 
 def predict_layers(params: dict[str, Any], jobs: list, gradcam: bool, cancel: Any = None) -> Iterator[Any]:
@@ -42,7 +54,7 @@ def predict_layers(params: dict[str, Any], jobs: list, gradcam: bool, cancel: An
         if cancel is not None and cancel.cancelled:
             return None
         try:
-            res = yield from iter_predict_array(PREDICTORS, params, data, rgb, name, gradcam, cancel=cancel)
+            res = yield from iter_predict_array(predictors(), params, data, rgb, name, gradcam, cancel=cancel)
             if res is not None:
                 yield {"result": res}
         except Exception as exc:  # noqa: BLE001 - report and go on with the next layer
@@ -50,18 +62,38 @@ def predict_layers(params: dict[str, Any], jobs: list, gradcam: bool, cancel: An
     return None
 
 
+@dataclass
+class FolderSummary:
+    """A folder prediction, as the Predict widget reports it."""
+
+    out_dir: str
+    csv_path: str
+    n_ok: int
+    n_done: int
+    n_total: int
+    complete: bool
+    text: str
+    failures: list[str] = field(default_factory=list)  # "file: reason" of each file skipped
+
+    def summary(self) -> str:
+        return self.text
+
+
 def predict_folder(params: dict[str, Any], folder: str, out: str, cancel: Any = None) -> Iterator[Any]:
     """Every image of ``folder`` -> masks and a CSV in ``out`` (:func:`~napari_mtunet.workflows.iter_predict_files`)."""
     from .workflows import iter_predict_files
 
-    predictor = PREDICTORS.get(params["checkpoint"], params["device"], params["threshold"], params["mode"],
-                               params["tile_size"])
-    return (yield from iter_predict_files(predictor, [folder], out, mode=params["mode"], cancel=cancel))
+    predictor = predictors().get(params["checkpoint"], params["device"], params["threshold"], params["mode"],
+                                 params["tile_size"])
+    res = yield from iter_predict_files(predictor, [folder], out, mode=params["mode"], cancel=cancel)
+    return FolderSummary(out_dir=str(res.out_dir), csv_path=str(res.csv_path), n_ok=res.n_ok, n_done=res.n_done,
+                         n_total=res.n_total, complete=res.complete, text=res.summary(), failures=list(res.failures))
 
 
 def release_model() -> None:
     """Forget the loaded model (the Predict dock was closed): its memory goes back."""
-    PREDICTORS.clear()
+    if _PREDICTORS:
+        _PREDICTORS[0].clear()
 
 
 # --------------------------------------------------------------------------- training and fine-tuning
@@ -95,23 +127,80 @@ def train(run: Any, out_dir: str | os.PathLike, cancel: Any = None) -> Iterator[
     )
 
 
+@dataclass
+class FinetuneSummary:
+    """A fine-tuning run, as the Annotate widget shows it."""
+
+    child: str | None
+    metrics: dict[str, Any]
+    text: str
+
+    def summary(self) -> str:
+        return self.text
+
+
 def finetune(checkpoint: str, dataset: str, out_dir: str | os.PathLike, config: Any,
              cancel: Any = None) -> Iterator[Any]:
-    """:func:`~napari_mtunet.workflows.iter_finetune`; the outcome without the trainer's result (the model)."""
+    """:func:`~napari_mtunet.workflows.iter_finetune`, returning a :class:`FinetuneSummary`."""
     from .workflows import iter_finetune
 
     outcome = yield from iter_finetune(checkpoint, dataset, out_dir, config=config, cancel=cancel)
-    return dataclasses.replace(outcome, fit=None) if outcome is not None else None
+    if outcome is None:
+        return None
+    return FinetuneSummary(child=str(outcome.child) if outcome.child is not None else None,
+                           metrics=dict(outcome.metrics), text=outcome.summary())
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+@dataclass
+class Added:
+    """A sample added to a training-set folder (what Undo needs)."""
+
+    root: str
+    path: str
+    label: str | None
+
+
+def add_samples(root: str, items: list, *, group: str | None = None, source: str | None = None,
+                model: str | None = None) -> list[Added]:
+    """:func:`napari_mtunet.workflows.annotate.add_samples`, returning what Undo needs."""
+    from .workflows.annotate import add_samples as add
+
+    return [Added(s.root, s.path, s.label) for s in add(root, items, group=group, source=source, model=model)]
+
+
+def undo_sample(root: str, path: str) -> list[str]:
+    """Remove a sample added by :func:`add_samples` (its row in ``labels.csv``, its image and mask)."""
+    from .data.writer import remove_generic_sample
+
+    return [str(p) for p in remove_generic_sample(root, Path(path).name)]
 
 
 # --------------------------------------------------------------------------- datasets
 
 
-def check_dataset(root: str, layout: str, strict: bool) -> Any:
-    """The dataset report (samples, problems, summary) of ``root``."""
+@dataclass
+class DatasetCheck:
+    """A dataset as the Dataset widget shows it: the report's text, its problems, the samples to preview."""
+
+    root: str
+    layout: str | None
+    summary: str
+    problems: list[str]
+    samples: list[Any]  # data.samples.Sample (a light module)
+
+
+def check_dataset(root: str, layout: str, strict: bool) -> DatasetCheck:
+    """Read and check the dataset ``root`` (:func:`napari_mtunet.data.load_dataset`)."""
     from .previews import load_dataset_report
 
-    return load_dataset_report(root, layout=layout, strict=strict)
+    report = load_dataset_report(root, layout=layout, strict=strict)
+    s = report.summary
+    text = s.format() if hasattr(s, "format") else str(s)
+    return DatasetCheck(root=str(root), layout=getattr(report, "layout", None), summary=text,
+                        problems=[str(p) for p in report.problems], samples=list(report.samples))
 
 
 def preview_samples(samples: list[Any], n: int, name: str, root: str, layout: str | None) -> list[tuple]:

@@ -26,7 +26,10 @@ are not read (:func:`read` returns None).  Qt-free and napari-free.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:  # numpy only in annotations: reading layer metadata needs none
+    import numpy as np
 
 META_KEY = "mtunet"
 VERSION = 2
@@ -192,3 +195,44 @@ def describe_slice(info: SliceInfo | None) -> str:
     if info.corrected:
         parts.append(f"your class {info.corrected}")
     return " · ".join(parts) if parts else "no class for this image"
+
+
+# --------------------------------------------------------------------------- a predicted layer
+
+
+@dataclass
+class LayerPrediction:
+    """A layer's prediction as the Predict widget shows it: mask, record, Grad-CAM (made in the compute process;
+    defined here, in a light module, so that napari's process can receive it without importing the workflows)."""
+
+    name: str  # the image layer's name
+    mask: np.ndarray | None  # uint8, the image's size (a stack: one mask per slice)
+    record: LayerMeta
+    cam: np.ndarray | None
+    seconds: float
+    cam_scale: tuple[float, float] = (1.0, 1.0)  # image pixels per Grad-CAM pixel (rows, columns)
+
+    def summary(self) -> str:
+        """What was predicted, in words (explains an empty mask beside a lesion class)."""
+        rec = self.record
+        classes = [s.predicted for s in rec.slices if s.predicted]
+        empty = [i for i, s in enumerate(rec.slices) if s.lesion_fraction == 0.0]
+        thr = (rec.model or {}).get("threshold", 0.5)
+        if not classes:
+            text = "segmentation only"
+        elif len(classes) == 1:
+            s = rec.slices[0]
+            conf = s.confidence()
+            text = f"class {s.predicted}" + (f" ({conf:.0%})" if conf is not None else "")
+        else:
+            counts: dict[str, int] = {}
+            for c in classes:
+                counts[c] = counts.get(c, 0) + 1
+            text = f"{len(classes)} slices: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        if self.mask is not None and empty:
+            lesion_class = [i for i in empty if rec.slices[i].predicted not in (None, "normal")]
+            if lesion_class and not rec.is_stack:
+                text += f"; no lesion above the threshold {thr:g} (the mask is empty)"
+            elif empty and rec.is_stack:
+                text += f"; {len(empty)} slice(s) with no lesion above {thr:g}"
+        return text

@@ -25,6 +25,9 @@ from napari.qt.threading import create_worker
 from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+from .. import jobs as _jobs  # noqa: F401 - what jobs return unpickles without imports in the reader thread
+from .. import layer_meta as _layer_meta  # noqa: F401 - (the reader thread would hold the GIL importing them)
+from ..data import samples as _samples  # noqa: F401
 from ._controls import DeviceCombo, StatusLabel
 from ._notify import error_message, notify_error, notify_info
 from ._session import state_for

@@ -1,9 +1,9 @@
-"""The class of the image on screen, in napari's text overlay (top left of the canvas), saying where it comes
+"""The class of the image on screen, in napari's text overlay (bottom left of the canvas), saying where it comes
 from: predicted, ground truth or your correction.
 
 It describes a layer that is actually visible: an image lying over the one a prediction belongs to hides
 that prediction's class (the overlay then says which layer lies over it).  Two short lines, names elided in
-the middle, at the top left: napari's notifications appear at the bottom right.
+the middle, at the bottom left: napari's notifications appear at the bottom right.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from qtpy.QtCore import QObject, QTimer
 
 from ._layers import covering_images, current_slice, elide, is_shown, layer_record, source_image
 
-#: Where the overlay sits (napari's notifications pop up at the bottom right).
-POSITION = "top_left"
+#: Where the overlay sits: left, so that a long text grows into the canvas (right-aligned, it was cut off on the
+#: left); at the bottom, where it covers the least of an image; napari's notifications pop up at the bottom right.
+POSITION = "bottom_left"
 #: The longest line the overlay shows (names are elided in the middle to fit).
 LINE_CHARS = 56
 
@@ -43,9 +44,9 @@ class ClassOverlay:
     layer with a class that is on screen (visible, and its image not under another image).
 
     vispy renders each character of a text overlay on the CPU the first time it is shown (5-10 ms a glyph
-    in software OpenGL, ~250 ms for the first text): shown at once, the first result froze the window for up
-    to 0.7 s.  :meth:`prewarm` renders the glyphs a few at a time, invisibly, right after the first widget
-    opens, while the overlay is unused.
+    in software OpenGL, ~300 ms of CPU for the first text): shown at once, the first result froze the window.
+    :meth:`prewarm` renders the glyphs a few at a time right after the first widget opens, into the canvas's
+    glyph cache (no canvas redraw; when that is not reachable, invisibly in the unused overlay).
     """
 
     CHUNK = 3
@@ -92,7 +93,30 @@ class ClassOverlay:
     def prewarming(self) -> bool:
         return self._warm_timer.isActive()
 
+    def _canvas_font(self) -> Any:
+        """The glyph cache of napari's canvas text (napari's private ``canvas._font_info``), or None.
+
+        Loading glyphs into it directly renders them without drawing the canvas: a canvas redraw costs ~45 ms
+        of CPU in software OpenGL, more than the glyphs themselves, and the fallback below needs one per chunk.
+        """
+        try:
+            info = self.viewer.window._qt_viewer.canvas._font_info
+            return info.font_manager.get_font(info.face)
+        except Exception:  # noqa: BLE001 - another napari version: fall back to showing the glyphs
+            return None
+
     def _prewarm_step(self) -> None:
+        pos = int(self._warm_pos or 0)
+        last = len(OVERLAY_GLYPHS) - self.CHUNK  # shown once (invisibly): the text's shaders compile then
+        font = self._canvas_font() if pos < last else None
+        if font is not None and self._warm_saved is None:
+            try:
+                for ch in OVERLAY_GLYPHS[pos:min(pos + self.CHUNK, last)]:
+                    font[ch]
+                self._warm_pos = min(pos + self.CHUNK, last)
+                return
+            except Exception:  # noqa: BLE001 - fall back to the overlay itself
+                pass
         try:
             overlay = text_overlay(self.viewer)
             if self._warm_saved is None:

@@ -29,14 +29,13 @@ from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QLine
 
 from .. import layer_meta
 from ..config import FinetuneConfig
-from ..workflows.annotate import AddedSample, PairingError, check_pairing, sample_items, unconfirmed
+from ..workflows.annotate import PairingError, check_pairing, sample_items, unconfirmed
 from ._controls import DeviceCombo, LayerCombo, PathEdit, StatusLabel, WrapLabel, combo
 from ._job import JobWidget
 from ._layers import bring_up, covering_images, current_slice, layer_array, layer_record
 from .predict import MODEL_FILTER
 
 JOBS = "napari_mtunet.jobs"
-ANNOTATE = "napari_mtunet.workflows.annotate"
 
 
 def default_training_set() -> str:
@@ -48,7 +47,7 @@ class AnnotateWidget(JobWidget):
 
     def __init__(self, napari_viewer: Any, parent=None):
         super().__init__(napari_viewer, parent)
-        self.added: list[AddedSample] = []
+        self.added: list[Any] = []  # napari_mtunet.jobs.Added, for Undo
         self.child_checkpoint: str | None = None
         self.metrics: dict[str, Any] | None = None
 
@@ -357,11 +356,11 @@ class AnnotateWidget(JobWidget):
         model = (rec.model or {}).get("display") if rec is not None else None
         self.dataset_root.value = root
         self.status.setText(f"Writing {len(items)} sample(s) to {root} …")
-        return self.start_job(f"{ANNOTATE}:add_samples", root, items, group=self.group.text().strip() or None,
+        return self.start_job(f"{JOBS}:add_samples", root, items, group=self.group.text().strip() or None,
                               source=image.name, model=model, context="Adding to the training set failed",
                               on_result=self._added)
 
-    def _added(self, samples: list[AddedSample]) -> None:
+    def _added(self, samples: list[Any]) -> None:
         self.added.extend(samples)
         names = ", ".join(Path(s.path).name for s in samples)
         self.added_label.setText(f"Added {names} ({len(self.added)} added this session)")
@@ -379,7 +378,7 @@ class AnnotateWidget(JobWidget):
             self.added_label.setText(f"Removed {Path(last.path).name} ({len(self.added)} added this session)")
             self.inform(f"Removed {Path(last.path).name} from {last.root}")
 
-        return self.start_job(f"{ANNOTATE}:undo_sample", last, context="Undo failed", on_result=done)
+        return self.start_job(f"{JOBS}:undo_sample", last.root, last.path, context="Undo failed", on_result=done)
 
     # ------------------------------------------------------------------ fine-tune
 

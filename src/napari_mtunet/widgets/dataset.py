@@ -31,19 +31,6 @@ from ._job import JobWidget
 JOBS = "napari_mtunet.jobs"
 
 
-def report_summary(report: Any) -> str:
-    s = getattr(report, "summary", None)
-    if hasattr(s, "format"):
-        return s.format()
-    if s:
-        return str(s)
-    samples = list(getattr(report, "samples", []))
-    counts: dict[str, int] = {}
-    for smp in samples:
-        counts[str(smp.label)] = counts.get(str(smp.label), 0) + 1
-    return f"{len(samples)} samples: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-
-
 class DatasetWidget(JobWidget):
     """Dock widget: inspect a dataset folder before training."""
 
@@ -129,14 +116,14 @@ class DatasetWidget(JobWidget):
                               on_result=self._show_report)
 
     def _show_report(self, report: Any) -> None:
+        """``report``: :class:`napari_mtunet.jobs.DatasetCheck`."""
         self.report = report
-        self.summary.setPlainText(report_summary(report))
-        problems = list(getattr(report, "problems", []))
-        for p in problems:
-            self.problems.addItem(str(p))
-        n = len(getattr(report, "samples", []))
-        layout = getattr(report, "layout", None)
-        self.status.setText(f"{n} samples" + (f", layout {layout}" if layout else "") + f", {len(problems)} problem(s)")
+        self.summary.setPlainText(report.summary)
+        for p in report.problems:
+            self.problems.addItem(p)
+        n = len(report.samples)
+        self.status.setText(f"{n} samples" + (f", layout {report.layout}" if report.layout else "")
+                            + f", {len(report.problems)} problem(s)")
         self.preview_button.setEnabled(True)
 
     def preview(self, *_: Any) -> Any:

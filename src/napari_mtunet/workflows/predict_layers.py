@@ -2,7 +2,7 @@
 
 :func:`iter_predict_array` yields :class:`~napari_mtunet.events.Progress`
 while a big image is predicted in tiles, stops between tile rows when its
-cancel token is set, and returns a :class:`LayerPrediction`: the mask
+cancel token is set, and returns a :class:`~napari_mtunet.layer_meta.LayerPrediction`: the mask
 (stack), the layer record of :mod:`napari_mtunet.layer_meta`, and an
 optional Grad-CAM map.  :class:`PredictorCache` keeps the loaded model
 between predictions.
@@ -13,13 +13,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from ..events import CancelToken, Progress, Status, TrainEvent
+from ..layer_meta import LayerPrediction
+
+__all__ = ["CAM_MAX_SIDE", "LayerPrediction", "PredictionCancelled", "PredictorCache", "cam_size", "gradcam_maps",
+           "iter_predict_array"]
 
 
 class PredictionCancelled(Exception):
@@ -30,41 +33,6 @@ class PredictionCancelled(Exception):
 #: the map has the model's resolution, so a full-size copy of a 6000 x 6000 image adds nothing but a
 #: 144 MB layer that napari would upload on its GUI thread.
 CAM_MAX_SIDE = 1024
-
-
-@dataclass
-class LayerPrediction:
-    name: str  # the image layer's name
-    mask: np.ndarray | None  # uint8, the image's size (a stack: one mask per slice)
-    record: Any  # layer_meta.LayerMeta
-    cam: np.ndarray | None
-    seconds: float
-    cam_scale: tuple[float, float] = (1.0, 1.0)  # image pixels per Grad-CAM pixel (rows, columns)
-
-    def summary(self) -> str:
-        """What was predicted, in words (explains an empty mask beside a lesion class)."""
-        rec = self.record
-        classes = [s.predicted for s in rec.slices if s.predicted]
-        empty = [i for i, s in enumerate(rec.slices) if s.lesion_fraction == 0.0]
-        thr = (rec.model or {}).get("threshold", 0.5)
-        if not classes:
-            text = "segmentation only"
-        elif len(classes) == 1:
-            s = rec.slices[0]
-            conf = s.confidence()
-            text = f"class {s.predicted}" + (f" ({conf:.0%})" if conf is not None else "")
-        else:
-            counts: dict[str, int] = {}
-            for c in classes:
-                counts[c] = counts.get(c, 0) + 1
-            text = f"{len(classes)} slices: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        if self.mask is not None and empty:
-            lesion_class = [i for i in empty if rec.slices[i].predicted not in (None, "normal")]
-            if lesion_class and not rec.is_stack:
-                text += f"; no lesion above the threshold {thr:g} (the mask is empty)"
-            elif empty and rec.is_stack:
-                text += f"; {len(empty)} slice(s) with no lesion above {thr:g}"
-        return text
 
 
 class PredictorCache:
