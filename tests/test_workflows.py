@@ -297,3 +297,55 @@ def test_run_config_round_trip_and_migration(trained):
     legacy = {k: v for k, v in meta.items() if k != "run"}  # a first-format checkpoint
     old = RunConfig.from_metadata(legacy)
     assert old.model == run.model and old.train.epochs == run.train.epochs and old.data.root == run.data.root
+
+
+def _shifted_copy(src, dst, gain=0.5):
+    """The phantom's images as a darker scanner shows them (images only: uncorrected, unlabelled)."""
+    from PIL import Image
+
+    dst.mkdir(parents=True)
+    for p in sorted((src / "images").glob("*.png")):
+        arr = np.asarray(Image.open(p)).astype(float) * gain
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(dst / p.name)
+    return dst
+
+
+def _bn_buffers(model):
+    import torch
+
+    return {k: v.clone() for k, v in model.state_dict().items()
+            if k.endswith("running_mean") or k.endswith("running_var")} if isinstance(model, torch.nn.Module) else {}
+
+
+def test_finetune_adapts_to_unlabelled_images_of_the_new_scanner(trained, tmp_path):
+    outcome, _ = trained
+    parent = outcome.out_dir / "best.safetensors"
+    new = write_phantom_dataset(tmp_path / "new", n=9, size=64, seed=11)
+    unl = _shifted_copy(write_phantom_dataset(tmp_path / "more", n=12, size=64, seed=12), tmp_path / "uncorrected")
+    cfg = FinetuneConfig(steps_per_sample=1, min_steps=3, max_steps=3, batch_size=4, device="cpu", adapt_bn="new")
+    res = drive(iter_finetune(parent, new, tmp_path / "ft", config=cfg, unlabelled=unl))
+    child, info = load_checkpoint(res.child)
+    base, _ = load_checkpoint(parent)
+    adapted = info.training["finetune"]["adapted_to"]
+    assert adapted["source"] == str(unl) and adapted["n_unlabelled"] == 12 and adapted["adapt_bn"] == "new"
+    assert adapted["bn_images"] == 12 + res.n_train  # the uncorrected images and the corrections trained on
+    a, b = _bn_buffers(child), _bn_buffers(base)
+    assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)  # statistics of the darker scanner
+
+    keep = FinetuneConfig(steps_per_sample=1, min_steps=3, max_steps=3, batch_size=4, device="cpu", adapt_bn="keep")
+    res2 = drive(iter_finetune(parent, new, tmp_path / "ft2", config=keep, unlabelled=unl))
+    c2, info2 = load_checkpoint(res2.child)
+    a2 = _bn_buffers(c2)
+    assert all(np.allclose(a2[k].numpy(), b[k].numpy()) for k in a2)  # frozen: the base model's statistics
+    assert info2.training["finetune"]["adapted_to"]["n_unlabelled"] == 12
+
+
+def test_finetune_unlabelled_folder_without_images_is_refused_by_name(trained, tmp_path):
+    outcome, _ = trained
+    new = write_phantom_dataset(tmp_path / "new", n=6, size=64, seed=4)
+    empty = tmp_path / "nothing_here"
+    empty.mkdir()
+    (empty / "scan_mask.png").write_bytes((new / "masks" / sorted(p.name for p in (new / "masks").iterdir())[0]).read_bytes())
+    with pytest.raises(FinetuneError, match="nothing_here.*no image files"):
+        drive(iter_finetune(outcome.out_dir / "best.safetensors", new, tmp_path / "ft",
+                            config=FinetuneConfig(adapt_bn="new", device="cpu"), unlabelled=empty))

@@ -554,13 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", default=None, help="export defaults file (YAML)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="train a small model on the synthetic phantom (CPU, under a minute)")
+    from .workflows.demo import DEMO  # the demo's defaults, in one place
+
+    p = sub.add_parser(
+        "demo", help="train a small model on the synthetic phantom (CPU, about a minute), then say what to do next",
+        description="Train a small multi-task UNet on the built-in synthetic phantom and report held-out accuracy "
+                    "and Dice. It needs about a minute of CPU time (docs/results.md has the measured times).")
     p.add_argument("--out", default=None, help="output folder (default: a new ./mtunet-demo folder)")
-    p.add_argument("--n", type=int, default=96, help="number of phantom images")
-    p.add_argument("--size", type=int, default=64, help="image size")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--n", type=int, default=DEMO.n, help=f"number of phantom images (default: {DEMO.n})")
+    p.add_argument("--size", type=int, default=DEMO.size, help=f"image size (default: {DEMO.size})")
+    p.add_argument("--epochs", type=int, default=DEMO.epochs, help=f"(default: {DEMO.epochs})")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEMO.seed, help=f"(default: {DEMO.seed})")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("experiment", help="the paper's experiments: multi- vs single-task, ablation, weights, k-fold")

@@ -285,6 +285,45 @@ class InteractiveDataset(Dataset):
         return self.base.prompted_item(self.indices[self.view_of[i - n]], rng, self.config)
 
 
+class UnlabelledDataset(Dataset):
+    """Images without masks or classes (files or arrays, e.g. a new scanner's uncorrected images), resized to the
+    training size like :class:`SampleDataset`'s evaluation items; decoded once and cached."""
+
+    def __init__(self, images: Sequence[Any], preprocessing: Preprocessing, names: Sequence[str] | None = None):
+        self.images = list(images)
+        self.names = list(names) if names is not None else [
+            str(im) if isinstance(im, (str, os.PathLike)) else f"image {i}" for i, im in enumerate(self.images)]
+        self.preprocessing = preprocessing
+        self.transform = JointTransform(preprocessing, None, False)
+        self._cache: list[torch.Tensor | None] = [None] * len(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> list[int]:
+        return [-1] * len(self.images)
+
+    def _decode(self, i: int) -> torch.Tensor:
+        from .io import read_image
+
+        item = self.images[i]
+        arr = read_image(item) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+        img = _image_to_tensor(arr, self.names[i])
+        if self.preprocessing.resize:
+            img = TF.resize(img, [self.preprocessing.image_size] * 2, antialias=True)
+        return img if img.dtype == torch.uint8 else img.to(torch.float16)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        with single_threaded():
+            if self._cache[i] is None:
+                self._cache[i] = self._decode(i)
+            img = self._cache[i]
+            image, _ = self.transform(img.float() if img.dtype == torch.float16 else img, None)
+        return {"image": image, "mask": torch.zeros((1, *image.shape[-2:])), "label": torch.tensor(-1),
+                "has_mask": False, "has_label": False, "index": i}
+
+
 def collate_batch(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """``default_collate`` on one thread (stacking is memory-bound; OpenMP only adds hand-off cost)."""
     with single_threaded():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -129,6 +129,60 @@ def _replay_source(run: RunConfig, replay: str | os.PathLike | None, class_names
     return loaded, idx["train"], held
 
 
+def _unlabelled_files(unlabelled: Any) -> list[Path] | None:
+    """The image files of ``unlabelled`` when it names files or folders (None for arrays or nothing); raises a
+    :class:`FinetuneError` naming a folder without images or a missing path."""
+    if unlabelled is None:
+        return None
+    items = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else list(unlabelled)
+    if not items or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        return None
+    from .predict import expand_inputs
+
+    try:
+        return expand_inputs(items)
+    except ValueError as exc:
+        raise FinetuneError(f"unlabelled images: {exc}") from None
+
+
+def _unlabelled_images(unlabelled: Any, files: list[Path] | None, name: str | None,
+                       preprocessing: Any) -> tuple[Any, str | None]:
+    """(UnlabelledDataset or None, a description of where the images came from)."""
+    from ..data.dataset import UnlabelledDataset
+
+    if files is not None:
+        items = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else list(unlabelled)
+        return UnlabelledDataset(files, preprocessing), name or ", ".join(str(Path(p)) for p in items)
+    arrays = list(unlabelled or ())
+    if not arrays:
+        return None, None
+    return UnlabelledDataset(arrays, preprocessing, names=[f"{name or 'array'} {i}" for i in range(len(arrays))]), \
+        name or f"{len(arrays)} image array(s)"
+
+
+def _adapt_batchnorm(model: Any, new_domain: list[Any], old_domain: Any, device: Any, seed: int) -> int:
+    """Re-estimate every BatchNorm layer's statistics on the new images (and ``old_domain``, if given):
+    a cumulative average over all of them, in automatic mode.  Returns the number of images used."""
+    import torch
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from ..data.dataset import collate_batch
+    from ..training.validation import recalibrate_batchnorm
+
+    parts = [d for d in new_domain if d is not None and len(d)] + ([old_domain] if old_domain is not None else [])
+    data = ConcatDataset(parts)
+    n = len(data)
+    if n < 2:
+        return 0
+    gen = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(data, batch_size=16, shuffle=True, generator=gen, collate_fn=collate_batch)
+    model.to(device)
+    with torch.no_grad():
+        recalibrate_batchnorm(model, loader, device, max_batches=len(loader))
+    model.eval()
+    return n
+
+
 def iter_finetune(
     checkpoint: str | os.PathLike,
     dataset: str | os.PathLike,
@@ -138,11 +192,16 @@ def iter_finetune(
     replay: str | os.PathLike | None = None,
     cancel: CancelToken | None = None,
     layout: str = "auto",
+    unlabelled: str | os.PathLike | Sequence[Any] | None = None,
+    unlabelled_name: str | None = None,
 ) -> Iterator[TrainEvent]:
     """Fine-tune ``checkpoint`` on the samples in ``dataset`` (a generator of events; returns a :class:`FinetuneOutcome`).
 
     ``replay``: a dataset folder to replay (default: the base model's own
-    training data, when its folder is reachable).
+    training data, when its folder is reachable).  ``unlabelled``: uncorrected
+    images of the same scanner (a folder or files, or arrays such as napari
+    layers, named by ``unlabelled_name``): no labels are needed; with
+    ``config.adapt_bn`` they set the BatchNorm statistics.
     """
     import torch
     from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
@@ -159,7 +218,10 @@ def iter_finetune(
     cfg = config or FinetuneConfig()
     device = resolve_device(cfg.device)
     checkpoint = Path(checkpoint)
-    check_output_dir(out_dir, [p for p in (dataset, replay) if p], what="output folder of the fine-tuning")
+    unl_paths = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else [
+        p for p in (unlabelled or ()) if isinstance(p, (str, os.PathLike))]
+    check_output_dir(out_dir, [p for p in (dataset, replay) if p] + unl_paths, what="output folder of the fine-tuning")
+    unl_files = _unlabelled_files(unlabelled)
     with RunFolder(out_dir) as folder:
         if folder.checkpoints():
             raise RunFolderError(f"{folder.path} already holds checkpoints; choose another output folder")
@@ -213,6 +275,23 @@ def iter_finetune(
         yield Status(f"Scoring {info.name} before fine-tuning …")
         pp = info.postprocessing  # the child inherits its parent's post-processing
         before = {k: scores(model, ds, device, pp) for k, ds in checks.items() if ds is not None and len(ds)}
+        unl, unl_source = _unlabelled_images(unlabelled, unl_files, unlabelled_name, pre)
+        adapted = {"source": unl_source, "n_unlabelled": len(unl) if unl is not None else 0,
+                   "n_corrections": n_new, "adapt_bn": cfg.adapt_bn}
+        if cfg.adapt_bn != "keep":
+            new_domain = [new_train_plain] + ([unl] if unl is not None else [])
+            old_domain = None
+            if cfg.adapt_bn == "mix" and replay_src is not None and len(replay_src[1]):
+                n_new_domain = sum(len(d) for d in new_domain)
+                rng = np.random.default_rng(cfg.seed + 1)
+                pool = replay_src[1]
+                pick = rng.choice(pool, size=min(len(pool), n_new_domain), replace=False)
+                old_domain = replay_src[0].dataset(np.sort(pick), pre, store={})
+            n_images = _adapt_batchnorm(model, new_domain, old_domain, device, cfg.seed)
+            adapted["bn_images"] = n_images
+            yield Status(f"BatchNorm statistics re-estimated on {n_images} images"
+                         + (" (new scanner and replayed base images, half each)" if old_domain is not None
+                            else " of the new scanner"))
         train_cfg = run.train.replace(
             epochs=1, batch_size=int(cfg.batch_size), lr=float(cfg.lr), encoder_lr_scale=float(cfg.encoder_lr_scale),
             lr_schedule="cosine", warmup_epochs=0.0, early_stopping_patience=None, monitor="train_loss",
@@ -231,7 +310,7 @@ def iter_finetune(
             extra_training_metadata={"finetune": {
                 "config": cfg.to_dict(), "parent_path": str(info.path), "parent_hash": info.content_hash,
                 "n_new": n_new, "n_train": len(train_idx), "n_check": len(check_idx), "n_replay_pool": n_pool,
-                "steps": steps,
+                "steps": steps, "adapted_to": adapted,
             }},
         )
         try:
