@@ -9,7 +9,6 @@ do not depend on bioimageio.core.
 from __future__ import annotations
 
 import json
-import os
 import struct
 import time
 import zipfile
