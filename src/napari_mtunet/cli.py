@@ -622,7 +622,7 @@ NUMERIC_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "patience": (0, MAX_EPOCHS, False), "val_fraction": (0.0, 0.99, False), "test_fraction": (0.0, 0.99, False),
     "fold": (0, 99, False), "folds": (2, 100, False), "max_samples": (2, 10**9, False), "workers": (0, 256, False),
     "seed": (0, 2**32 - 1, False), "n_boot": (0, 10_000, False), "threshold": (0.0, 1.0, False),
-    "replay_ratio": (0.0, 100.0, False), "steps_per_sample": (0.0, 1000.0, True), "check_fraction": (0.0, 0.99, False),
+    "replay_ratio": (0.0, 100.0, False), "steps_per_sample": (0.0, 1000.0, False), "check_fraction": (0.0, 0.99, False),
     "max_clicks": (1, 100, False), "n": (8, 100_000, False), "size": (32, 1024, False), "repeats": (1, 100, False),
 }
 #: Comma-separated integer lists, by destination: ``(low, high)`` of each item.
