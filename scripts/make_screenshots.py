@@ -75,7 +75,8 @@ def main() -> None:
     from napari_mtunet import layer_meta
     from napari_mtunet.data import read_image
     from napari_mtunet.widgets import _job
-    from napari_mtunet.widgets._common import state_for, warm_up_done
+    from napari_mtunet.widgets._session import state_for
+    from napari_mtunet.widgets._warmup import warm_up_done
 
     messages: list[str] = []
     _job.notify_info = lambda m: messages.append(f"info: {m}")  # no toast over the screenshots
@@ -169,11 +170,8 @@ def main() -> None:
     tw.start()
     wait(lambda: sum(e.kind == "epoch_end" for e in tw.events) >= 2
          and any(e.kind == "batch_end" and e.epoch == 3 and e.batch >= 3 for e in tw.events), what="second run")
-    bar = tw.scroll.verticalScrollBar()
-    bar.setValue(bar.maximum())  # the progress, the time left and the plot
-    shot("train_running")
+    shot("train_running")  # the progress, the time left and the plot stay below the (scrolling) settings
     wait(lambda: not tw.busy, what="training")
-    bar.setValue(bar.maximum())
     shot("train_done")
     trained = tw.best_checkpoint
     if trained is None:
@@ -236,6 +234,8 @@ def main() -> None:
     aw.labels_layer.setCurrentText(labels.name)  # the image and the model follow the labels
     aw.dataset_root.value = str(work / "my_annotations")
     aw.all_slices.setChecked(True)
+    viewer.dims.set_current_step(0, 0)
+    shot("annotate_confirm")  # the model's class is only a suggestion: the box is empty, Confirm takes it
     # the user corrects the predicted masks with the paint/erase tools (here: the expert masks)
     labels.data = np.stack(truth).astype(np.uint8)
     for i, n in enumerate(stack_names):  # and picks the true class of each slice
@@ -251,7 +251,6 @@ def main() -> None:
     labels.mode = "paint"
     viewer.dims.set_current_step(0, 3)  # the slice whose class the user corrected
     pw.update_readout()
-    aw.scroll.ensureWidgetVisible(aw.metrics_label)
     shot("annotate_finetune")
     print("child model:", aw.child_checkpoint, "\nmetrics:", aw.metrics_label.plain_text(), flush=True)
     finish(viewer, work, args, messages)

@@ -79,7 +79,10 @@ def test_napari_never_imports_torch_and_the_compute_process_warms_up():
             now = time.perf_counter()
             worst, last = max(worst, now - last), now
             time.sleep(0.005)
-        print(json.dumps({{"seconds": seconds, "warm": warm_up_done(), "worst_gap_s": worst,
+        import os
+        nice = ({{"child": os.getpriority(os.PRIO_PROCESS, proc.proc.pid), "napari": os.getpriority(os.PRIO_PROCESS, 0)}}
+                if hasattr(os, "getpriority") and proc else None)
+        print(json.dumps({{"seconds": seconds, "warm": warm_up_done(), "worst_gap_s": worst, "nice": nice,
                           "torch_in_napari": "torch" in sys.modules, "torchvision_in_napari": "torchvision" in sys.modules,
                           "child": proc.proc.pid if proc else None, "devices": device_choices(),
                           "child_info": proc.info if proc else None}}))
@@ -91,6 +94,8 @@ def test_napari_never_imports_torch_and_the_compute_process_warms_up():
     assert res["child"] and res["child_info"]["pid"] == res["child"]  # torch lives in the compute process
     assert res["devices"][0] == "auto" and "cpu" in res["devices"]
     assert all(s < 2.0 for s in res["seconds"].values()), res  # docking does not wait for the warm-up
+    if res["nice"] is not None:  # the computation yields the CPU to napari when both want it
+        assert res["nice"]["child"] >= res["nice"]["napari"] + 5, res["nice"]
     assert res["worst_gap_s"] < 2.0, res  # generous: a shared CI machine; the benchmark measures the real gaps
 
 

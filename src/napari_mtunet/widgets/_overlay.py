@@ -62,6 +62,7 @@ class ClassOverlay:
         events.inserted.connect(self._watch)
         for layer in viewer.layers:
             self._watch_layer(layer)
+        self._font: Any = None
         self._warm_pos: int | None = None
         self._warm_saved: tuple[Any, ...] | None = None
         self._warm_timer = QTimer(timer_parent)
@@ -99,11 +100,18 @@ class ClassOverlay:
         Loading glyphs into it directly renders them without drawing the canvas: a canvas redraw costs ~45 ms
         of CPU in software OpenGL, more than the glyphs themselves, and the fallback below needs one per chunk.
         """
-        try:
-            info = self.viewer.window._qt_viewer.canvas._font_info
-            return info.font_manager.get_font(info.face)
-        except Exception:  # noqa: BLE001 - another napari version: fall back to showing the glyphs
-            return None
+        if self._font is None:
+            import warnings
+
+            viewer = getattr(self.viewer, "__wrapped__", self.viewer)  # not through napari's plugin proxy
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    info = viewer.window._qt_viewer.canvas._font_info
+                    self._font = info.font_manager.get_font(info.face)
+            except Exception:  # noqa: BLE001 - another napari version: fall back to showing the glyphs
+                self._font = False
+        return self._font or None
 
     def _prewarm_step(self) -> None:
         pos = int(self._warm_pos or 0)

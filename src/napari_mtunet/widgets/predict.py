@@ -439,8 +439,10 @@ class PredictWidget(JobWidget):
             if target is not None:
                 target.data = res.cam
                 target.metadata = meta
-                target.scale, target.translate = cam_geo["scale"], cam_geo["translate"]
-                target.visible = True
+                if tuple(target.scale) != cam_geo["scale"] or tuple(target.translate) != cam_geo["translate"]:
+                    target.scale, target.translate = cam_geo["scale"], cam_geo["translate"]
+                if not target.visible:
+                    target.visible = True
             else:
                 self.viewer.add_image(
                     res.cam, name=f"{res.name} [Grad-CAM {label}]", colormap="inferno", blending="additive",
@@ -454,14 +456,15 @@ class PredictWidget(JobWidget):
                 data = np.asarray(res.mask, np.uint8)
             else:  # classification-only model: keep the classes on an empty layer
                 data = np.zeros(spatial_shape(src) if src is not None else (1, 1), np.uint8)
-            if reuse is not None:
+            if reuse is not None:  # (each setting below redraws the canvas: only what changed is set)
                 self._updating.add(id(reuse))
                 try:
                     reuse.data = data
                     reuse.metadata = meta
-                    if geo:
+                    if geo and (tuple(reuse.scale) != geo["scale"] or tuple(reuse.translate) != geo["translate"]):
                         reuse.scale, reuse.translate = geo["scale"], geo["translate"]
-                    reuse.visible = True
+                    if not reuse.visible:
+                        reuse.visible = True
                 finally:
                     self._updating.discard(id(reuse))
                 self.last_labels = reuse
