@@ -216,6 +216,8 @@ def test_readme_and_hub_page_use_the_manifest_menu_names_and_absolute_links():
         assert rel == [], f"{doc.name}: relative links break on PyPI and the hub: {rel}"
         for menu in re.findall(r"\*\*(?:Plugins|File) →[^*]+\*\*", text):
             parts = [p.strip() for p in menu.strip("*").split("→")]
+            if parts[0] == "File":  # File → Open Sample → plugin → sample
+                parts = parts[1:]
             assert parts[1] == names["plugin"], (doc.name, menu)
             if len(parts) > 2:
                 assert parts[2] in names.values(), (doc.name, menu, sorted(names.values()))
@@ -311,15 +313,15 @@ def test_demo_runs_without_napari_and_its_model_passes_the_bioimageio_test(venv,
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     _run([str(venv), "-c", code], env=env, timeout=900)
-    assert (out / "best.safetensors").is_file()
-    reports = sorted(out.glob("*report*.json"))
+    assert (out / "model" / "best.safetensors").is_file() and (out / "demo.png").is_file()
+    reports = sorted((out / "model").glob("*report*.json"))
     assert reports, f"the demo wrote no evaluation report in {out}: {sorted(p.name for p in out.iterdir())}"
     report = reports[0]
     package = tmp_path / "demo.zip"
     export = (
         "from napari_mtunet.export import export_bioimageio\n"
-        f"export_bioimageio({str(out / 'best.safetensors')!r}, {str(package)!r}, evaluation={str(report)!r},"
-        " run_test=False)\n"
+        f"export_bioimageio({str(out / 'model' / 'best.safetensors')!r}, {str(package)!r}, evaluation={str(report)!r},"
+        " maintainers=['@bioimageiobot'], run_test=False)\n"
     )
     _run([str(venv), "-c", export], env=env, timeout=900)
     # the bioimage.io command-line test, in the fresh environment
@@ -378,7 +380,9 @@ def test_every_imported_package_is_declared_and_every_core_dependency_used():
         used.setdefault(canonicalize_name(dist_name), set()).add("encoders.py (importlib)")
     unused = sorted(core - set(used))
     assert unused == [], f"core dependencies that nothing imports: {unused}"
-    # the napari/Qt packages are only ever imported by the widgets and the napari writer
+    # the napari/Qt packages are only ever imported by the front end for napari (tests/test_architecture.py's
+    # FRONT_END: the widgets, the napari reader and writer)
     for dist_name in ("napari", "qtpy"):
-        outside = sorted(f for f in used.get(dist_name, ()) if not f.startswith("widgets/") and f != "_writer.py")
+        outside = sorted(f for f in used.get(dist_name, ())
+                         if not f.startswith("widgets/") and f not in ("_writer.py", "_reader.py"))
         assert outside == [], f"{dist_name} imported outside the widgets: {outside}"

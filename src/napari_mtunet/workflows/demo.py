@@ -1,4 +1,4 @@
-"""``mtunet demo``: train a small multi-task model on the synthetic phantom, on CPU, in about a minute.
+"""``mtunet demo``: train a small multi-task model on the synthetic phantom, on CPU, in 1-1.5 minutes of CPU time.
 
 Steps: write the phantom (generic layout) into ``OUT/data``; train the
 multi-task UNet through the training workflow (the same path as
@@ -33,7 +33,7 @@ class DemoSettings:
 
     n: int = 96  # phantom images (a quarter held out)
     size: int = 64  # image size in pixels
-    epochs: int = 12
+    epochs: int = 20
     seed: int = 0
 
 
