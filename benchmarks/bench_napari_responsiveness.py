@@ -102,8 +102,12 @@ class Heartbeat:
         self._tick()
 
     def window(self, t0: float, t1: float) -> dict[str, Any]:
-        """Gap statistics of the ticks between ``t0`` and ``t1``."""
+        """Gap statistics of the ticks between ``t0`` and ``t1``, and of the gap around ``t0`` (a step's first
+        action runs synchronously: the gap it causes starts at the last tick before it)."""
         idx = [i for i, t in enumerate(self.ticks) if t0 <= t <= t1]
+        before = [i for i, t in enumerate(self.ticks) if t < t0]
+        if before and idx:
+            idx = [before[-1], *idx]
         if len(idx) < 2:
             return {"ticks": len(idx), "worst_gap_ms": 0.0, "p99_gap_ms": 0.0, "gaps_over_100ms": 0}
         pairs = list(zip(idx, idx[1:]))
@@ -386,7 +390,7 @@ def main() -> None:
         if args.quick:  # in this process (the smoke test runs the script in-process)
             runs[cond] = run_condition(args, cond)
             continue
-        out = Path(tempfile.mkdtemp(prefix="mtunet-resp-")) / f"{cond}.json"
+        out = Path(tempfile.mkdtemp(prefix="mtunet-resp-")) / f"{cond.replace('/', '-')}.json"
         cmd = [sys.executable, __file__, *sys.argv[1:], "--child", f"{cond}={out}", "--model", str(args.model)]
         subprocess.run(cmd, check=True)
         runs[cond] = json.loads(out.read_text())

@@ -192,8 +192,8 @@ def test_annotate_correct_add_undo_and_finetune(make_napari_viewer, qtbot, tiny_
     from napari_mtunet.widgets._layers import short_model_name
 
     long_name = f"{child.parent.name}/{child.stem}"  # finetune-<date>-<time>/best: 29 characters
-    new = viewer.layers[f"scan [{short_model_name(long_name)}]"]  # the run's time and the file; elided in front
-    assert short_model_name(long_name) == "…" + long_name[-19:]
+    new = viewer.layers[f"scan [{short_model_name(long_name)}]"]  # the run's time and the file
+    assert short_model_name(long_name) == f"…{child.parent.name.rsplit('-', 1)[-1]}/best"
     assert layer_meta.read(new.metadata).model["hash"] == meta["content_hash"][:len(layer_meta.read(new.metadata).model["hash"])]
 
 

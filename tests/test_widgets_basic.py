@@ -145,3 +145,11 @@ def test_sample_data_shows_its_classes_without_a_widget(make_napari_viewer):
         viewer.dims.set_current_step(0, i)
         text = text_overlay(viewer).text
         assert text_overlay(viewer).visible and f"[{i}]\nground truth {rec.slices[i].truth}" in text, text
+
+
+def test_layout_names_match_the_readers():
+    """The widgets list the layouts from a constant (importing the readers on the GUI thread took ~0.2 s)."""
+    from napari_mtunet.data.layouts import LAYOUTS
+    from napari_mtunet.forms import LAYOUT_NAMES
+
+    assert list(LAYOUT_NAMES) == list(LAYOUTS)

@@ -275,8 +275,9 @@ class JobWidget(QWidget):
         self.status.setText(self.last_error)
         notify_error(self.last_error)
 
-    def inform(self, text: str) -> None:
-        self.status.setText(text)
+    def inform(self, text: str, status: str | None = None) -> None:
+        """Notify ``text``; the status line keeps ``status`` (default: the same text)."""
+        self.status.setText(text if status is None else status)
         notify_info(text)
 
     # ------------------------------------------------------------------ closing

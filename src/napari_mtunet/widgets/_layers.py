@@ -10,8 +10,8 @@ from typing import Any
 HIDING_BLENDINGS = ("opaque", "translucent", "translucent_no_depth")
 #: An image at least this opaque hides the images under it.
 HIDING_OPACITY = 0.5
-#: Model names in layer names and in the canvas overlay are shortened to this many characters.
-MODEL_NAME_CHARS = 20
+#: Model names in layer names are shortened to this many characters (napari's layer list shows ~28).
+MODEL_NAME_CHARS = 16
 
 
 def layer_kind(layer: Any) -> str:
@@ -49,11 +49,18 @@ def current_slice(viewer: Any, layer: Any) -> int | None:
 
 
 def short_model_name(display: str, limit: int = MODEL_NAME_CHARS) -> str:
-    """``busi-timm-tf_efficientnet_lite0-20260101-120000/best`` -> ``…0101-120000/best``: the file part and
-    the end of the run folder (its date and time tell runs apart), at most ``limit`` characters."""
+    """A model's ``run folder/file`` name short enough for napari's layer list: kept when it fits, else the
+    end of the run folder (a training run's folder ends in its time: ``…205537/best``) and the file, at most
+    ``limit`` characters."""
     text = str(display)
     if len(text) <= limit:
         return text
+    folder, _, file = text.rpartition("/")
+    tail = folder.rsplit("-", 1)[-1] if folder else ""
+    if tail.isdigit():  # a training run's folder: <dataset>-<encoder>-<date>-<time>
+        short = f"…{tail}/{file}"
+        if len(short) <= limit:
+            return short
     return "…" + text[-(limit - 1):]
 
 
@@ -123,6 +130,17 @@ def is_shown(viewer: Any, layer: Any) -> bool:
         if not image.visible or covering_images(viewer, image):
             return False
     return not covering_images(viewer, layer)
+
+
+def image_shown(viewer: Any, layer: Any) -> bool:
+    """Whether the image ``layer`` belongs to is on screen (visible, not under another image), whether or not
+    ``layer`` itself is: a hidden mask still describes the image under it."""
+    if layer is None:
+        return False
+    image = source_image(viewer, layer)
+    if image is None or image is layer:
+        return is_shown(viewer, layer)
+    return bool(image.visible) and not covering_images(viewer, image)
 
 
 def bring_up(viewer: Any, image: Any, labels: Any = None) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, QTimer
 
-from ._layers import covering_images, current_slice, elide, is_shown, layer_record, source_image
+from ._layers import covering_images, current_slice, elide, image_shown, is_shown, layer_record, source_image
 
 #: Where the overlay sits: left, so that a long text grows into the canvas (right-aligned, it was cut off on the
 #: left); at the bottom, where it covers the least of an image; napari's notifications pop up at the bottom right.
@@ -162,16 +162,16 @@ class ClassOverlay:
     # ------------------------------------------------------------------ the class on screen
 
     def layer(self) -> Any:
-        """The layer whose class is shown: the active one if it is on screen, else the top one on screen."""
+        """The layer whose class is shown: the active one if it is on screen, else the top one on screen; then
+        the same for hidden layers whose image is on screen (a mask hidden to look at the image)."""
         viewer = self.viewer
         active = viewer.layers.selection.active
-        rec = layer_record(active)
-        if rec is not None and rec.slices and is_shown(viewer, active):
-            return active
-        for layer in reversed(list(viewer.layers)):
-            rec = layer_record(layer)
-            if rec is not None and rec.slices and is_shown(viewer, layer):
-                return layer
+        layers = [active, *reversed(list(viewer.layers))]
+        for shown in (is_shown, image_shown):
+            for layer in layers:
+                rec = layer_record(layer)
+                if rec is not None and rec.slices and shown(viewer, layer):
+                    return layer
         return None
 
     def text(self) -> str:

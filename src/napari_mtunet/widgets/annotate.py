@@ -429,4 +429,5 @@ class AnnotateWidget(JobWidget):
         self.metrics_label.setText(outcome.summary() or "no metrics (no masks or labels to score)")
         if self.docked:
             self.state.set_checkpoint(self.child_checkpoint)  # the Predict widget switches to the child
-        self.inform(f"New model {self.child_checkpoint} (now selected in the Predict widget). {outcome.summary()}")
+        new = f"New model {self.child_checkpoint} (now selected in the Predict widget)."
+        self.inform(f"{new} {outcome.summary()}", status=new)  # the metrics are in the line above

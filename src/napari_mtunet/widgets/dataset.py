@@ -143,7 +143,7 @@ class DatasetWidget(JobWidget):
         extra = meta["extra"]
         self.status.setText(
             f"Showing {extra['n_shown']} of {extra['n_total']} samples (resized to {extra['preview_size']} px, "
-            "aspect ratio kept); the ground-truth class of the slice on screen is shown at the bottom right"
+            "aspect ratio kept); the ground-truth class of the slice on screen is shown at the bottom left"
         )
         self.state.overlay.update()
 

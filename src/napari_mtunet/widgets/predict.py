@@ -43,8 +43,8 @@ from ._job import JobWidget
 from ._layers import (
     covering_images,
     current_slice,
+    image_shown,
     is_heatmap,
-    is_shown,
     layer_array,
     layer_kind,
     layer_record,
@@ -81,7 +81,8 @@ def describe_model(path: str) -> str:
     if meta.get("content_hash"):
         parts.append(f"hash {str(meta['content_hash'])[:12]}")
     if isinstance(parent, str) and parent:
-        parts.append(f"fine-tuned from {parent.split(':', 1)[-1]}")
+        pp = Path(parent.split(":", 1)[-1])
+        parts.append(f"fine-tuned from {pp.parent.name}/{pp.stem}" if pp.parent.name else f"fine-tuned from {pp}")
     return ", ".join(parts)
 
 
@@ -127,7 +128,7 @@ class ClassReadout(QWidget):
             return
         lines = [f"<i>{where}</i>"]
         if hidden_by:
-            lines.append(f"<b>Not on screen</b>: {html.escape(breakable(hidden_by))} lies over its image")
+            lines.append(f"<b>Not on screen</b>: {html.escape(breakable(hidden_by))}")
         if info.predicted:
             conf = info.confidence()
             lines.append(f"Predicted by the model: <b>{html.escape(info.predicted)}</b>"
@@ -527,10 +528,10 @@ class PredictWidget(JobWidget):
         idx = self.current_index(layer)
         thr = (rec.model or {}).get("threshold") if rec is not None else None
         hidden_by = None
-        if not is_shown(self.viewer, layer):
+        if not image_shown(self.viewer, layer):  # (a hidden mask over a visible image still describes it)
             image = source_image(self.viewer, layer)
             covers = covering_images(self.viewer, image if image is not None else layer)
-            hidden_by = repr(covers[0].name) if covers else "nothing (the layer or its image is hidden)"
+            hidden_by = f"{covers[0].name!r} lies over its image" if covers else "its image is hidden"
         self.readout.show_result(layer.name, idx, rec.slice(idx) if rec is not None else None, thr, hidden_by)
 
     def closeEvent(self, event) -> None:  # noqa: N802
