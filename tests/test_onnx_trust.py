@@ -241,10 +241,12 @@ def test_check_outputs_names_the_axis_sizes():
 
 
 def test_io_spec_reads_channels_and_classes_from_the_config():
-    cfg = ModelConfig(encoder_weights=None, num_classes=4, class_names=["a", "b", "c", "d"], seg_classes=2)
+    cfg = ModelConfig(encoder_weights=None, num_classes=4, class_names=["a", "b", "c", "d"])
     inputs, outputs = io_spec(cfg)
-    assert inputs[0].dims == ("batch", getattr(cfg, "input_channels", cfg.in_channels), "height", "width")
-    assert [o.dims for o in outputs] == [("batch", 2, "height", "width"), ("batch", 4)]
+    assert inputs[0].dims == ("batch", cfg.input_channels, "height", "width")
+    assert [o.dims for o in outputs] == [("batch", 1, "height", "width"), ("batch", 4)]
+    prompted = ModelConfig(encoder_weights=None, num_classes=4, class_names=["a", "b", "c", "d"], prompts=True)
+    assert io_spec(prompted)[0][0].dims[1] == prompted.input_channels == 7
     assert [o.name for o in io_spec(ModelConfig(encoder_weights=None, task="seg"), probabilities=True)[1]] == [
         "mask_probability"]
 

@@ -24,7 +24,7 @@ without importing torch.
 
 from __future__ import annotations
 
-from .config import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NAME_CHARS, MAX_SEG_CLASSES  # noqa: F401
+from .config import MAX_CHANNELS, MAX_CLASSES, MAX_IMAGE_SIZE, MAX_NAME_CHARS  # noqa: F401
 from .modelfiles.checkpoint_load import (
     CheckpointInfo,
     check_architecture,

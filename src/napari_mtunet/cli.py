@@ -305,18 +305,17 @@ def cmd_demo(args) -> int:
 
 def cmd_experiment(args) -> int:
     if args.study == "finetune":
-        from .finetune_study import FinetuneStudySettings, run_finetune_study
+        from .finetune_study import METHODS, FinetuneStudySettings, run_finetune_study
 
-        overrides = json.loads(args.finetune_config) if args.finetune_config else {}
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(METHODS)
         fs = FinetuneStudySettings(
-            dataset=str(args.dataset), layout=args.layout or "auto",
-            shifts=[s.strip() for s in args.shifts.split(",") if s.strip()],
-            ks=[int(k) for k in args.ks.split(",") if k.strip()], repeats=args.repeats,
+            dataset=str(args.dataset), layout=args.layout or "auto", methods=methods, n_bases=args.bases,
+            n_select=args.select_shifts, n_report=args.report_shifts, draws=args.draws, k=args.k,
             encoder=args.encoders.split(",")[0].strip() if args.encoders != "vgg16,mobilenet_v2" else
             "timm-tf_efficientnet_lite0",
             encoder_weights=_none_word(args.encoder_weights), base_epochs=args.epochs or 20,
-            image_size=args.image_size or 128, base=args.base, config=overrides,
-            device=args.device, seed=args.seed,
+            image_size=args.image_size or 128, interactive=bool(args.interactive_base),
+            sets=[s.strip() for s in args.sets.split(",") if s.strip()], device=args.device, seed=args.seed,
         )
         report = run_finetune_study(fs, Path(args.out), log=_say)
         _say(f"report: {report}")
@@ -557,9 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .workflows.demo import DEMO  # the demo's defaults, in one place
 
     p = sub.add_parser(
-        "demo", help="train a small model on the synthetic phantom (CPU, about a minute), then say what to do next",
+        "demo", help="train a small model on the synthetic phantom (CPU, 1-2 minutes), then say what to do next",
         description="Train a small multi-task UNet on the built-in synthetic phantom and report held-out accuracy "
-                    "and Dice. It needs about a minute of CPU time (docs/results.md has the measured times).")
+                    "and Dice. It needs 1 to 1.5 minutes of CPU time (docs/results.md has the measured times).")
     p.add_argument("--out", default=None, help="output folder (default: a new ./mtunet-demo folder)")
     p.add_argument("--n", type=int, default=DEMO.n, help=f"number of phantom images (default: {DEMO.n})")
     p.add_argument("--size", type=int, default=DEMO.size, help=f"image size (default: {DEMO.size})")
@@ -574,12 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", choices=("paper", "finetune"), default="paper",
                    help="paper: multi- vs single-task, ablation, weights (k-fold); finetune: fine-tuning on k "
                         "corrections of a shifted 'new scanner' (see docs/results.md)")
-    p.add_argument("--shifts", default="none,gain_gamma,blur,all", help="finetune study: scanner shifts")
-    p.add_argument("--ks", default="5,10,20", help="finetune study: numbers of corrected images")
-    p.add_argument("--repeats", type=int, default=3, help="finetune study: repeats per (shift, k)")
-    p.add_argument("--base", default=None, help="finetune study: a base checkpoint trained on part A")
-    p.add_argument("--finetune-config", default=None,
-                   help='finetune study: FinetuneConfig overrides as JSON, e.g. \'{"lr": 3e-4}\'')
+    g = p.add_argument_group("fine-tuning study (--study finetune)")
+    g.add_argument("--methods", default=None, help="comma list of fine-tune methods (default: all; see docs/results.md)")
+    g.add_argument("--bases", type=int, default=2, help="base models, each on its own split (default: 2)")
+    g.add_argument("--select-shifts", type=int, default=4, help="random shifts that choose the defaults (default: 4)")
+    g.add_argument("--report-shifts", type=int, default=6, help="fresh random shifts that report them (default: 6)")
+    g.add_argument("--draws", type=int, default=3, help="correction draws per base and shift (default: 3)")
+    g.add_argument("--k", type=int, default=10, help="corrected images per draw (default: 10)")
+    g.add_argument("--sets", default="select,report", help="which shift sets to run now (default: select,report)")
+    g.add_argument("--interactive-base", action="store_true", help="train the base models with --interactive")
     p.add_argument("--out", default="mtunet-experiment")
     _add_data_args(p)
     p.add_argument("--encoders", default="vgg16,mobilenet_v2")
@@ -624,9 +626,11 @@ NUMERIC_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "seed": (0, 2**32 - 1, False), "n_boot": (0, 10_000, False), "threshold": (0.0, 1.0, False),
     "replay_ratio": (0.0, 100.0, False), "steps_per_sample": (0.0, 1000.0, False), "check_fraction": (0.0, 0.99, False),
     "max_clicks": (1, 100, False), "n": (8, 100_000, False), "size": (32, 1024, False), "repeats": (1, 100, False),
+    "bases": (1, 20, False), "select_shifts": (0, 1000, False), "report_shifts": (0, 1000, False),
+    "draws": (1, 100, False), "k": (1, 100_000, False),
 }
 #: Comma-separated integer lists, by destination: ``(low, high)`` of each item.
-LIST_BOUNDS: dict[str, tuple[int, int]] = {"ks": (1, 100_000), "only_folds": (0, 99)}
+LIST_BOUNDS: dict[str, tuple[int, int]] = {"only_folds": (0, 99)}
 
 
 def _range_text(kind: type, lo: float, hi: float, lo_open: bool) -> str:

@@ -48,7 +48,6 @@ from .textsafe import check_name, escape  # noqa: E402 - names shown to people a
 #: Upper bounds on what a configuration may describe (far above any real model);
 #: they keep an untrusted checkpoint from making us allocate absurd networks.
 MAX_CLASSES = 1000
-MAX_SEG_CLASSES = 255
 MAX_NAME_CHARS = 200
 MAX_CHANNELS = 2048
 MAX_IMAGE_SIZE = 4096
@@ -255,6 +254,7 @@ class ModelConfig(_Dict):
     #: clicks, previous mask, box); with no prompt they are zero and the model predicts automatically.
     prompts: bool = False
     num_classes: int = 3
+    #: Segmentation classes: always 1 (the lesion); kept for the checkpoint format.
     seg_classes: int = 1
     task: str = "both"
     skip_connections: bool = True
@@ -273,8 +273,9 @@ class ModelConfig(_Dict):
             raise ConfigError(f"num_classes must be in [1, {MAX_CLASSES}], got {self.num_classes}")
         if self.task in ("both", "cls") and int(self.num_classes) < 2:
             raise ConfigError(f"num_classes must be >= 2 for task {self.task!r}, got {self.num_classes}")
-        if not 1 <= int(self.seg_classes) <= MAX_SEG_CLASSES:
-            raise ConfigError(f"seg_classes must be in [1, {MAX_SEG_CLASSES}], got {self.seg_classes}")
+        if int(self.seg_classes) != 1:
+            raise ConfigError(f"seg_classes must be 1 (one foreground, the lesion, is segmented; several "
+                              f"segmentation classes are not supported), got {self.seg_classes}")
         if not 0.0 <= _finite("dropout", self.dropout) < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.in_channels != IMAGE_CHANNELS:
@@ -525,8 +526,11 @@ class FinetuneConfig(_Dict):
             raise ConfigError(f"check_fraction must be in [0, 1), got {self.check_fraction}")
         if int(self.min_check) < 1 or int(self.base_check_images) < 0:
             raise ConfigError("min_check must be >= 1 and base_check_images >= 0")
-        if not 0 < _finite("steps_per_sample", self.steps_per_sample) <= 1000:
-            raise ConfigError(f"steps_per_sample must be in (0, 1000], got {self.steps_per_sample}")
+        if not 0 <= _finite("steps_per_sample", self.steps_per_sample) <= 1000:
+            raise ConfigError(f"steps_per_sample must be in [0, 1000] (0: adapt the BatchNorm statistics only), "
+                              f"got {self.steps_per_sample}")
+        if self.steps_per_sample == 0 and self.adapt_bn == "keep":
+            raise ConfigError("steps_per_sample 0 trains nothing: it needs adapt_bn 'new' or 'mix' (adapt only)")
         if not 1 <= int(self.min_steps) <= int(self.max_steps) <= 100_000:
             raise ConfigError(f"need 1 <= min_steps <= max_steps <= 100000, got {self.min_steps}, {self.max_steps}")
         if not 1 <= int(self.batch_size) <= MAX_BATCH:
@@ -547,7 +551,9 @@ class FinetuneConfig(_Dict):
         return max(int(self.min_check), int(round(self.check_fraction * n_new)))
 
     def steps_for(self, n_new: int) -> int:
-        """Optimisation steps for ``n_new`` corrected samples."""
+        """Optimisation steps for ``n_new`` corrected samples (0: adapt the BatchNorm statistics only)."""
+        if self.steps_per_sample == 0:
+            return 0
         return int(min(self.max_steps, max(self.min_steps, round(self.steps_per_sample * max(1, n_new)))))
 
 
@@ -695,9 +701,9 @@ class RunConfig(_Dict):
             if not self.preprocessing.resize:
                 raise ConfigError("interactive models (prompts) are trained on whole images resized to the input "
                                   "size; native-resolution (patch) training does not support prompts")
-            if self.model.task == "cls" or int(self.model.seg_classes) != 1:
+            if self.model.task == "cls":
                 raise ConfigError("interactive models (prompts) segment one object: they need the segmentation "
-                                  "head (task 'both' or 'seg') with one segmentation class")
+                                  "head (task 'both' or 'seg')")
         nl = self.postprocessing.no_lesion_class
         if nl is not None:
             if task != "both":

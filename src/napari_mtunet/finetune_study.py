@@ -1,36 +1,35 @@
-"""``mtunet experiment DATASET --study finetune``: does fine-tuning on a few corrections pay off? Measured.
+"""``mtunet experiment DATASET --study finetune``: does fine-tuning on a few corrections pay off on a scanner
+nobody simulated?  Measured so that the study cannot tune itself to its own shifts.
 
-Protocol (documented, seeded, runs on any labelled dataset):
+Protocol (seeded, resumable, runs on any labelled dataset):
 
-1. Split the dataset (grouped by patient / duplicate cluster, stratified by
-   class) into part **A** (the base model's data) and part **B** (a "new
-   scanner"; ``b_fraction`` 0.4, rounded to whole grouped folds: 150 + 150 of
-   BUSI's 300 images).
-2. Train a base model on A with the project's recipe (or take one given
-   with ``--base``; it must have been trained on A's images), keeping A's own
-   held-out test part for measuring forgetting.
-3. Make B look like another scanner with a seeded, documented *shift*
-   (:data:`SHIFTS`: gain/gamma, speckle strength, blur/resolution, depth
-   attenuation, all of them, or none).  Masks are unchanged (a shift changes
-   intensities, not anatomy).
-4. For k = 5, 10, 20 and each repeat: pick k images of shifted B (seeded,
-   spread over the classes), write them with their ground truth as a
-   correction folder (what the Annotate widget writes), fine-tune the base
-   with :func:`napari_mtunet.workflows.iter_finetune` and the settings under
-   test, and score the child and the base on the *rest* of shifted B
-   (per-image Dice, balanced accuracy) and on A's test part (forgetting).
-5. Report mean differences (child - base) with 95% t-intervals over repeats,
-   the fine-tuning wall time, a table and a plot of Dice vs k.
+1. **Bases.** For each of ``n_bases`` seeds the dataset is split (grouped by patient / duplicate cluster,
+   stratified by class) into part A (the base model's data) and part B (``b_fraction``: the images of a "new
+   scanner", like the unseen images a user has).  A base model is trained on A with the project's recipe
+   through the training workflow (A's own validation part picks the epoch and the post-processing).
+2. **Shifts.** Two disjoint sets of shifts are drawn from a wide family (:mod:`napari_mtunet.shifts`:
+   gain, gamma, contrast, dynamic-range compression, offset, blur, resolution, speckle, depth attenuation,
+   time-gain compensation; 2-4 of them with parameters drawn per shift): the **select** set chooses the
+   defaults, the **report** set (other seeds) reports them.
+3. **Trials.** For each base, shift and ``draws`` draw: B is shuffled; ``k`` images spread over the classes
+   are the corrections, the next ``n_unlabelled`` are uncorrected images (images only), the rest (up to
+   ``n_score``) are scored.  Every method (fine-tune settings, with or without the uncorrected images) runs
+   :func:`napari_mtunet.workflows.iter_finetune` exactly as ``mtunet finetune`` does, and base and child are
+   scored on the scored images shifted (per-image Dice, balanced accuracy) and unshifted (forgetting).
+4. **Report.** Per set and method: the distribution of the Dice gain over trials (mean, median, 10th
+   percentile, worst, share of losses), the balanced-accuracy change, forgetting and the wall time.  The
+   method chosen on the select set (:func:`choose`) is reported on the report set.
 
-Outputs in ``OUT``: ``study.json`` (settings), ``data/`` (A, shifted B),
-``base/`` (the base run), ``results.jsonl`` (one line per fine-tune; the
-study resumes), ``finetune_report.md``, ``finetune_dice_vs_k.png``.
+Outputs in ``OUT``: ``study.json`` (settings), ``base<b>/`` (runs and B's images), ``results.jsonl`` (one
+line per fine-tune), ``finetune_report.md`` and ``finetune_gains.png``.  Several processes may share ``OUT``
+(each trial is claimed with a lock).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,103 +38,65 @@ from typing import Any, Callable
 import numpy as np
 
 from .config import FinetuneConfig
+from .shifts import Shift, draw_shifts
 
-# --------------------------------------------------------------------------- scanner shifts
-
-
-def _gain_gamma(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.clip(0.8 * np.power(x, 1.6), 0, 1)  # darker, more contrast in the bright range
-
-
-def _speckle(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from scipy import ndimage as ndi
-
-    noise = ndi.gaussian_filter(rng.rayleigh(scale=0.55, size=x.shape[:2]), 0.8)[..., None] / (0.55 * 1.2533)
-    return np.clip(x * (0.45 + 0.55 * noise), 0, 1)
-
-
-def _blur(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from scipy import ndimage as ndi
-    from skimage.transform import resize
-
-    h, w = x.shape[:2]
-    low = resize(ndi.gaussian_filter(x, (1.5, 1.5, 0)), (max(8, h // 3), max(8, w // 3), x.shape[2]), order=1,
-                 anti_aliasing=True)
-    return np.clip(resize(low, (h, w, x.shape[2]), order=1), 0, 1)
-
-
-def _depth(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    h = x.shape[0]
-    att = np.exp(-1.6 * np.linspace(0, 1, h))[:, None, None]
-    return np.clip(x * att * 1.15, 0, 1)
-
-
-def _all(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return _depth(_blur(_speckle(_gain_gamma(x, rng), rng), rng), rng)
-
-
-#: name -> (description, function of a float RGB image in [0, 1] and a seeded generator).
-SHIFTS: dict[str, tuple[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]] = {
-    "none": ("no shift (the same scanner)", lambda x, rng: x),
-    "gain_gamma": ("gain 0.8, gamma 1.6 (darker, stretched bright range)", _gain_gamma),
-    "speckle": ("stronger multiplicative Rayleigh speckle (correlated, mean-preserving)", _speckle),
-    "blur": ("lower resolution: Gaussian blur (sigma 1.5 px) then 3x down- and up-sampling", _blur),
-    "depth": ("depth attenuation exp(-1.6 depth), gain 1.15", _depth),
-    "all": ("gain/gamma, speckle, blur and depth attenuation together", _all),
+#: name -> (FinetuneConfig overrides, whether the method gets the uncorrected images).
+METHODS: dict[str, tuple[dict[str, Any], bool]] = {
+    "ft_lr3e-4": ({"lr": 3e-4, "adapt_bn": "keep"}, False),
+    "ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "keep"}, False),
+    "ft_lr1e-4_enc0.1": ({"lr": 1e-4, "encoder_lr_scale": 0.1, "adapt_bn": "keep"}, False),
+    "bn_corrections_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "new"}, False),
+    "bn_new": ({"steps_per_sample": 0, "adapt_bn": "new"}, True),
+    "bn_new_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "new"}, True),
+    "bn_mix_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "mix"}, True),
+    "bn_new_ft_lr1e-4_enc0.1": ({"lr": 1e-4, "encoder_lr_scale": 0.1, "adapt_bn": "new"}, True),
 }
-
-
-def apply_shift(image: np.ndarray, shift: str, seed: int) -> np.ndarray:
-    """``image`` (any dtype/channels) as the shifted scanner would show it: uint8 RGB."""
-    from .preprocess import to_float_rgb
-
-    if shift not in SHIFTS:
-        raise ValueError(f"unknown shift {shift!r}; choose from {sorted(SHIFTS)}")
-    x = to_float_rgb(image).astype(np.float64)
-    y = SHIFTS[shift][1](x, np.random.default_rng(seed))
-    return np.clip(np.round(y * 255), 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------- settings
 
 
 @dataclass
 class FinetuneStudySettings:
     dataset: str
     layout: str = "auto"
-    shifts: list[str] = field(default_factory=lambda: ["none", "gain_gamma", "blur", "all"])
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    repeats: int = 3
-    b_fraction: float = 0.4
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    n_bases: int = 2
+    n_select: int = 4
+    n_report: int = 6
+    draws: int = 3
+    k: int = 10
+    n_unlabelled: int = 70
+    n_score: int = 70
+    b_fraction: float = 0.5
     encoder: str = "timm-tf_efficientnet_lite0"
     encoder_weights: str | None = "imagenet"
     base_epochs: int = 20
     image_size: int = 128
-    base: str | None = None  # a checkpoint trained on A (else trained here)
-    config: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig overrides (the settings under test)
+    interactive: bool = False
+    sets: list[str] = field(default_factory=lambda: ["select", "report"])
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.shifts if s not in SHIFTS]
+        bad = [m for m in self.methods if m not in METHODS]
         if bad:
-            raise ValueError(f"unknown shift(s) {bad}; choose from {sorted(SHIFTS)}")
-        if not self.ks or min(self.ks) < 1:
-            raise ValueError(f"k values must be >= 1, got {self.ks}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-        FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **self.config})  # validate early
+            raise ValueError(f"unknown method(s) {bad}; choose from {sorted(METHODS)}")
+        if min(self.n_bases, self.draws, self.k) < 1 or self.n_select < 0 or self.n_report < 0:
+            raise ValueError("n_bases, draws and k must be >= 1 and the shift counts >= 0")
+        if not set(self.sets) <= {"select", "report"}:
+            raise ValueError(f"sets must be 'select' and/or 'report', got {self.sets}")
+        for m in self.methods:
+            FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **METHODS[m][0]})  # validate early
 
     def fingerprint(self) -> dict[str, Any]:
-        """Settings that change results (a resumed study must match them; shifts, ks and repeats may grow)."""
-        d = json.loads(json.dumps(asdict(self)))  # as study.json stores it (tuples become lists)
-        for k in ("shifts", "ks", "repeats", "device"):
+        """Settings that change results (a resumed study must match them; methods, counts and sets may grow)."""
+        d = json.loads(json.dumps(asdict(self)))
+        for k in ("methods", "n_select", "n_report", "draws", "sets", "device"):
             d.pop(k)
         return d
 
-    def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), "device": self.device, "check_fraction": 0.0,
-                                         "base_check_images": 0, **self.config})
+    def shifts(self, which: str) -> list[Shift]:
+        """The ``select`` or ``report`` shifts (different seeds: the report never sees what chose)."""
+        return draw_shifts(self.n_select, 1000 + self.seed) if which == "select" else \
+            draw_shifts(self.n_report, 2000 + self.seed)
 
 
 # --------------------------------------------------------------------------- data
@@ -159,198 +120,149 @@ def _write_generic(root: Path, items: list[tuple[str, np.ndarray, np.ndarray | N
     return root
 
 
-def _materialise(settings: FinetuneStudySettings, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Split into A / B and write A and each shifted B as generic-layout folders (once)."""
-    from .config import DataConfig
-    from .data import split_groups, train_val_test_split
-    from .data.io import load_sample
-    from .workflows.data import load
-
-    done = out / "data" / "parts.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    loaded = load(DataConfig(root=settings.dataset, layout=settings.layout))
-    split = train_val_test_split(loaded.samples, 0.0, settings.b_fraction, settings.seed, root=loaded.root)
-    idx = {loaded.key(s): i for i, s in enumerate(loaded.samples)}
-    a_idx = [idx[k] for k in split.train]
-    b_idx = [idx[k] for k in split.test]
-    groups = split_groups(loaded.samples)
-    decoded = {}
-    for i in a_idx + b_idx:
-        image, mask = load_sample(loaded.samples[i])
-        decoded[i] = (image, mask)
-    from .preprocess import to_float_rgb
-
-    def as_u8(image: np.ndarray) -> np.ndarray:
-        return np.clip(np.round(to_float_rgb(image) * 255), 0, 255).astype(np.uint8)
-
-    def grp(i: int) -> str:  # the grouping (patient / duplicate cluster), kept so later splits stay leak-free
-        import hashlib
-
-        return "g" + hashlib.sha1(str(groups[i]).encode()).hexdigest()[:10]
-
-    _write_generic(out / "data" / "A", [(f"a{i:04d}", as_u8(decoded[i][0]), decoded[i][1], loaded.samples[i].label,
-                                         grp(i)) for i in a_idx])
-    for shift in settings.shifts:
-        _write_generic(out / "data" / f"B_{shift}", [
-            (f"b{i:04d}", apply_shift(decoded[i][0], shift, settings.seed + i), decoded[i][1], loaded.samples[i].label,
-             grp(i)) for i in b_idx])
-    parts = {"A": len(a_idx), "B": len(b_idx), "class_names": loaded.class_names,
-             "b_names": [f"b{i:04d}" for i in b_idx], "b_labels": [loaded.samples[i].label for i in b_idx]}
-    done.write_text(json.dumps(parts))
-    log(f"split {loaded.headline()}: A {len(a_idx)} images (base model), B {len(b_idx)} images (new scanner)")
-    return parts
-
-
-def _base_model(settings: FinetuneStudySettings, out: Path, log: Callable[[str], None]) -> Path:
-    from .config import AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
-    from .events import drive
-    from .workflows import iter_train
-
-    if settings.base:
-        return Path(settings.base)
-    best = out / "base" / "best.safetensors"
-    if best.is_file():
-        return best
-    d = RunConfig()
-    run = RunConfig(
-        model=ModelConfig(encoder_name=settings.encoder, encoder_weights=settings.encoder_weights),
-        preprocessing=Preprocessing(image_size=settings.image_size),
-        data=DataConfig(root=str((out / "data" / "A").resolve()), layout="generic", val_fraction=0.15,
-                        test_fraction=0.2, seed=settings.seed, augment=AugmentConfig(**d.data.augment.to_dict())),
-        train=TrainConfig(**{**d.train.to_dict(), "epochs": settings.base_epochs, "device": settings.device,
-                             "seed": settings.seed}),
-    )
-    log(f"training the base model on A ({settings.encoder}, {settings.base_epochs} epochs, {settings.image_size} px)")
-    outcome = drive(iter_train(run, out / "base", n_boot=200), [lambda ev: log(ev.text) if ev.kind == "status" else None])
-    return Path(outcome.best_checkpoint)
-
-
-def _scores(model: Any, loaded: Any, indices: list[int], info: Any, device: Any) -> dict[str, np.ndarray]:
-    """Per-image Dice and (label, predicted class) for ``indices`` of ``loaded`` (the model's post-processing)."""
-    from .training import predict_dataset
-    from .training.metrics import dice_iou_per_image
-
-    ds = loaded.dataset(indices, info.preprocessing)
-    preds = predict_dataset(model, ds, device=device, postprocessing=info.postprocessing)
-    out = {"labels": preds.labels}
-    if preds.pred_masks is not None:
-        out["dice"] = dice_iou_per_image(preds.pred_masks, preds.true_masks)[0]
-    if preds.probabilities is not None:
-        out["pred"] = preds.probabilities.argmax(1)
-    return out
-
-
-def _summ(s: dict[str, np.ndarray], sel: np.ndarray | None = None) -> dict[str, float]:
-    from .training.validation import balanced_accuracy
-
-    sel = np.ones(len(s["labels"]), bool) if sel is None else sel
-    out = {}
-    if "dice" in s:
-        out["dice"] = float(s["dice"][sel].mean())
-    if "pred" in s:
-        y = s["labels"][sel]
-        ok = y >= 0
-        out["balanced_accuracy"] = balanced_accuracy(y[ok], s["pred"][sel][ok]) if ok.any() else math.nan
-    return out
-
-
 def _pick(labels: list[str], k: int, rng: np.random.Generator) -> list[int]:
     """k indices spread over the classes (round-robin over shuffled classes)."""
-    by: dict[str, list[int]] = {}
-    for i in rng.permutation(len(labels)):
-        by.setdefault(labels[int(i)], []).append(int(i))
-    chosen: list[int] = []
-    while len(chosen) < min(k, len(labels)):
-        for c in sorted(by):
-            if by[c] and len(chosen) < k:
-                chosen.append(by[c].pop())
-    return sorted(chosen)
+    from .data.splits import round_robin_pick
+
+    return round_robin_pick(labels, k, rng)
 
 
-def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable[[str], None] = print) -> Path:
-    from .checkpoint import load_checkpoint
-    from .config import DataConfig
-    from .data import load_splits
-    from .device import resolve_device
-    from .events import drive
-    from .workflows import iter_finetune
-    from .workflows.data import load, split_indices
+class _Base:
+    """One base: part A's data and model, part B's images (plain and shifted) and the base model's scores."""
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # a study resumes (finished fine-tunes are kept) only with the same data, base and fine-tune settings
-    if (out / "study.json").is_file():
-        old = json.loads((out / "study.json").read_text())
-        now = settings.fingerprint()
-        differ = [k for k in now if old.get(k) != now[k]]
-        if differ:
-            raise ValueError(f"{out} holds a fine-tuning study with other settings ({', '.join(differ)}); "
-                             "use another --out")
-    (out / "study.json").write_text(json.dumps(asdict(settings), indent=1))
-    _materialise(settings, out, log)
-    base = _base_model(settings, out, log)
-    device = resolve_device(settings.device)
-    base_model, info = load_checkpoint(base, device="cpu")
-    names = info.class_names
-    a = load(DataConfig(root=str(out / "data" / "A"), layout="generic"), class_names=names)
-    a_test: list[int] = []
-    split_file = base.parent / "splits.json"
-    if split_file.is_file():
-        a_test = list(split_indices(a, load_splits(split_file)[0])["test"])
-    base_a = _summ(_scores(base_model, a, a_test, info, device)) if a_test else {}
-    results_file = out / "results.jsonl"
-    done = set()
-    if results_file.is_file():
-        done = {(r["shift"], r["k"], r["repeat"]) for r in map(json.loads, results_file.read_text().splitlines())}
-    cfg = settings.finetune_config()
-    for shift in settings.shifts:
-        b = load(DataConfig(root=str(out / "data" / f"B_{shift}"), layout="generic"), class_names=names)
-        stems = [Path(s.image).stem for s in b.samples]
-        b_labels = [s.label for s in b.samples]
-        base_b = _scores(base_model, b, list(range(len(b.samples))), info, device)
-        for k in settings.ks:
-            for r in range(settings.repeats):
-                if (shift, k, r) in done:
-                    continue
-                rng = np.random.default_rng(settings.seed * 1000 + 97 * k + r)
-                chosen = _pick(b_labels, k, rng)
-                rest = np.ones(len(b.samples), bool)
-                rest[chosen] = False
-                corr = out / "finetunes" / shift / f"k{k}" / f"r{r}"
-                _copy_subset(out / "data" / f"B_{shift}", corr / "corrections", [stems[i] for i in chosen])
-                t0 = time.perf_counter()
-                outcome = drive(iter_finetune(base, corr / "corrections", corr / "model", config=cfg))
-                seconds = time.perf_counter() - t0
-                child, _ = load_checkpoint(outcome.child, device="cpu")
-                child_b = _scores(child, b, list(np.flatnonzero(rest)), info, device)
-                row = {
-                    "shift": shift, "k": k, "repeat": r, "seconds": seconds, "steps": outcome.steps,
-                    "n_rest": int(rest.sum()),
-                    "base_B": _summ(base_b, rest), "child_B": _summ(child_b),
-                    "base_A": base_a, "child_A": _summ(_scores(child, a, a_test, info, device)) if a_test else {},
-                }
-                with open(results_file, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                d = row["child_B"].get("dice", math.nan) - row["base_B"].get("dice", math.nan)
-                log(f"{shift} k={k} r={r}: Dice on the rest of B {row['base_B'].get('dice', math.nan):.3f} -> "
-                    f"{row['child_B'].get('dice', math.nan):.3f} ({d:+.3f}), {seconds:.0f}s")
-    return write_finetune_report(out, settings, log)
+    def __init__(self, settings: FinetuneStudySettings, b: int, out: Path, log: Callable[[str], None]):
+        self.settings, self.b, self.log = settings, b, log
+        self.dir = out / f"base{b}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.parts = self._materialise()
+        self.checkpoint = self._train()
+        self._scores: dict[str, dict[str, np.ndarray]] = {}
+
+    def _materialise(self) -> dict[str, Any]:
+        from .config import DataConfig
+        from .data import split_groups, train_val_test_split
+        from .data.io import load_sample
+        from .preprocess import to_float_rgb
+        from .workflows.data import load
+
+        done = self.dir / "parts.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        s = self.settings
+        loaded = load(DataConfig(root=s.dataset, layout=s.layout))
+        split = train_val_test_split(loaded.samples, 0.0, s.b_fraction, s.seed + self.b, root=loaded.root)
+        idx = {loaded.key(x): i for i, x in enumerate(loaded.samples)}
+        groups = split_groups(loaded.samples)
+
+        def item(i: int, prefix: str):
+            import hashlib
+
+            image, mask = load_sample(loaded.samples[i])
+            u8 = np.clip(np.round(to_float_rgb(image) * 255), 0, 255).astype(np.uint8)
+            group = "g" + hashlib.sha1(str(groups[i]).encode()).hexdigest()[:10]
+            return f"{prefix}{i:04d}", u8, mask, loaded.samples[i].label, group
+
+        a_idx = [idx[k] for k in split.train]
+        b_idx = [idx[k] for k in split.test]
+        _write_generic(self.dir / "A", [item(i, "a") for i in a_idx])
+        _write_generic(self.dir / "B_plain", [item(i, "b") for i in b_idx])
+        parts = {"A": len(a_idx), "B": len(b_idx), "class_names": loaded.class_names}
+        done.write_text(json.dumps(parts))
+        return parts
+
+    def _train(self) -> Path:
+        from .config import AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+        from .events import drive
+        from .workflows import iter_train
+
+        best = self.dir / "run" / "best.safetensors"
+        if best.is_file():
+            return best
+        s, d = self.settings, RunConfig()
+        run = RunConfig(
+            model=ModelConfig(encoder_name=s.encoder, encoder_weights=s.encoder_weights, prompts=s.interactive),
+            preprocessing=Preprocessing(image_size=s.image_size),
+            data=DataConfig(root=str((self.dir / "A").resolve()), layout="generic", val_fraction=0.15,
+                            seed=s.seed + self.b, augment=AugmentConfig(**d.data.augment.to_dict())),
+            train=TrainConfig(**{**d.train.to_dict(), "epochs": s.base_epochs, "device": s.device,
+                                 "seed": s.seed + self.b}),
+        )
+        if (self.dir / "run").exists():
+            shutil.rmtree(self.dir / "run")  # an unfinished base run: trained again
+        self.log(f"base {self.b}: training on A ({self.parts['A']} images, {s.encoder}, {s.base_epochs} epochs)")
+        outcome = drive(iter_train(run, self.dir / "run", n_boot=100),
+                        [lambda ev: self.log(f"  base {self.b}: {ev.text}") if ev.kind == "status" else None])
+        return Path(outcome.best_checkpoint)
+
+    def shifted(self, shift: Shift, key: str) -> Path:
+        """Part B as ``shift`` shows it (written once per base and shift)."""
+        from .config import DataConfig
+        from .workflows.data import load
+
+        folder = self.dir / f"B_{key}"
+        if (folder / "labels.csv").is_file():
+            return folder
+        tmp = self.dir / f".B_{key}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        plain = load(DataConfig(root=str(self.dir / "B_plain"), layout="generic"))
+        from .data.io import load_sample
+
+        items = []
+        for i, smp in enumerate(plain.samples):
+            image, mask = load_sample(smp)
+            items.append((Path(smp.image).stem, shift.apply(image, seed=1000 * self.b + i), mask, smp.label,
+                          smp.group or ""))
+        _write_generic(tmp, items)
+        tmp.rename(folder)
+        return folder
+
+    def scores(self, checkpoint: Path, folder: Path) -> dict[str, np.ndarray]:
+        """Per-image Dice, labels and predicted classes of ``checkpoint`` on every image of ``folder``."""
+        from .checkpoint import load_checkpoint
+        from .config import DataConfig
+        from .training import predict_dataset
+        from .training.metrics import dice_iou_per_image
+        from .workflows.data import load
+
+        model, info = load_checkpoint(checkpoint)
+        data = load(DataConfig(root=str(folder), layout="generic"), class_names=info.class_names)
+        preds = predict_dataset(model, data.dataset(None, info.preprocessing), postprocessing=info.postprocessing)
+        return {"dice": dice_iou_per_image(preds.pred_masks, preds.true_masks)[0], "labels": preds.labels,
+                "pred": preds.probabilities.argmax(1), "stems": [Path(x.image).stem for x in data.samples]}
+
+    def base_scores(self, folder: Path) -> dict[str, np.ndarray]:
+        if folder.name not in self._scores:
+            self._scores[folder.name] = self.scores(self.checkpoint, folder)
+        return self._scores[folder.name]
 
 
-def _copy_subset(src: Path, dst: Path, stems: list[str]) -> None:
-    import shutil
+def _summary(s: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float]:
+    from .training.metrics import balanced_accuracy
+
+    y, p = s["labels"][sel], s["pred"][sel]
+    ok = y >= 0
+    return {"dice": float(s["dice"][sel].mean()), "balanced_accuracy": float(balanced_accuracy(y[ok], p[ok])),
+            "n": int(sel.sum())}
+
+
+def _subset(src: Path, dst: Path, stems: list[str], *, masks: bool) -> None:
+    """Copy ``stems`` of a generic folder: a correction folder (images, masks, labels.csv), or images only."""
+    import csv
 
     from . import csvsafe
 
     if dst.exists():
         shutil.rmtree(dst)
+    keep = set(stems)
+    if not masks:
+        dst.mkdir(parents=True)
+        for stem in stems:
+            shutil.copy2(src / "images" / f"{stem}.png", dst / f"{stem}.png")
+        return
     (dst / "images").mkdir(parents=True)
     (dst / "masks").mkdir(parents=True)
-    keep = set(stems)
     rows = [["filename", "label", "group"]]
-    import csv
-
     with open(src / "labels.csv", newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             stem = Path(row["filename"]).stem
@@ -362,85 +274,197 @@ def _copy_subset(src: Path, dst: Path, stems: list[str]) -> None:
     (dst / "labels.csv").write_bytes(csvsafe.format_rows(rows).encode("utf-8"))
 
 
-def _ci(values: list[float]) -> tuple[float, float, float]:
-    from scipy import stats
+# --------------------------------------------------------------------------- running
 
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
-    if len(v) == 0:
-        return math.nan, math.nan, math.nan
-    if len(v) == 1:
-        return float(v[0]), math.nan, math.nan
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
+
+def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable[[str], None] = print) -> Path:
+    from filelock import FileLock, Timeout
+
+    from .events import drive
+    from .workflows import iter_finetune
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "study.json").is_file():
+        old = json.loads((out / "study.json").read_text())
+        now = settings.fingerprint()
+        differ = [k for k in now if old.get(k) != now[k]]
+        if differ:
+            raise ValueError(f"{out} holds a fine-tuning study with other settings ({', '.join(differ)}); "
+                             "use another --out")
+    (out / "study.json").write_text(json.dumps(asdict(settings), indent=1))
+    results_file = out / "results.jsonl"
+    for which in settings.sets:
+        for b in range(settings.n_bases):
+            base = _Base(settings, b, out, log)
+            plain = out / f"base{b}" / "B_plain"
+            base_plain = base.base_scores(plain)
+            for si, shift in enumerate(settings.shifts(which)):
+                key = f"{which}{si}"
+                shifted = base.shifted(shift, key)
+                base_shift = base.base_scores(shifted)
+                stems = base_shift["stems"]
+                labels = [str(v) for v in base_shift["labels"]]
+                for d in range(settings.draws):
+                    rng = np.random.default_rng(settings.seed * 10_000 + 101 * b + 7 * si + d + (0 if which == "select" else 5000))
+                    order = [int(i) for i in rng.permutation(len(stems))]
+                    corr = [order[j] for j in _pick([labels[i] for i in order], settings.k, rng)]
+                    rest = [i for i in order if i not in corr]
+                    unl = rest[: settings.n_unlabelled]
+                    scored = rest[settings.n_unlabelled: settings.n_unlabelled + settings.n_score]
+                    sel = np.zeros(len(stems), bool)
+                    sel[scored] = True
+                    trial = out / "trials" / f"base{b}" / key / f"draw{d}"
+                    for method in settings.methods:
+                        tag = f"{which}/base{b}/{key}/draw{d}/{method}"
+                        if results_file.is_file() and any(json.loads(line)["tag"] == tag
+                                                          for line in results_file.read_text().splitlines()):
+                            continue
+                        claim = FileLock(str(out / "trials" / f".{tag.replace('/', '_')}.lock"))
+                        (out / "trials").mkdir(parents=True, exist_ok=True)
+                        try:
+                            claim.acquire(timeout=0)
+                        except Timeout:
+                            continue
+                        try:
+                            if not (trial / "corrections" / "labels.csv").is_file():
+                                _subset(shifted, trial / "corrections", [stems[i] for i in corr], masks=True)
+                                _subset(shifted, trial / "uncorrected", [stems[i] for i in unl], masks=False)
+                            overrides, use_unl = METHODS[method]
+                            cfg = FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), "device": settings.device,
+                                                            **overrides})
+                            model_dir = trial / f"model_{method}"
+                            if model_dir.exists():
+                                shutil.rmtree(model_dir)
+                            t0 = time.perf_counter()
+                            outcome = drive(iter_finetune(base.checkpoint, trial / "corrections", model_dir, config=cfg,
+                                                          unlabelled=trial / "uncorrected" if use_unl else None))
+                            seconds = time.perf_counter() - t0
+                            child_shift = base.scores(outcome.child, shifted)
+                            child_plain = base.scores(outcome.child, plain)
+                            row = {
+                                "tag": tag, "set": which, "base": b, "shift_index": si, "shift": shift.to_dict(),
+                                "shift_name": shift.name, "draw": d, "method": method, "seconds": seconds,
+                                "steps": outcome.steps, "n_corrections": len(corr), "n_unlabelled": len(unl),
+                                "base_shifted": _summary(base_shift, sel), "child_shifted": _summary(child_shift, sel),
+                                "base_plain": _summary(base_plain, sel), "child_plain": _summary(child_plain, sel),
+                            }
+                            with open(results_file, "a") as fh:
+                                fh.write(json.dumps(row) + "\n")
+                            shutil.rmtree(model_dir, ignore_errors=True)  # checkpoints are large; rows keep the scores
+                            g = row["child_shifted"]["dice"] - row["base_shifted"]["dice"]
+                            f = row["child_plain"]["dice"] - row["base_plain"]["dice"]
+                            log(f"{tag}: Dice shifted {row['base_shifted']['dice']:.3f} -> "
+                                f"{row['child_shifted']['dice']:.3f} ({g:+.3f}), unshifted {f:+.3f}, {seconds:.0f}s")
+                        finally:
+                            claim.release()
+    return write_finetune_report(out, settings, log)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def gains(rows: list[dict]) -> dict[str, float]:
+    """The distribution of a method's effects over trials."""
+    g = np.array([r["child_shifted"]["dice"] - r["base_shifted"]["dice"] for r in rows])
+    f = np.array([r["child_plain"]["dice"] - r["base_plain"]["dice"] for r in rows])
+    a = np.array([r["child_shifted"]["balanced_accuracy"] - r["base_shifted"]["balanced_accuracy"] for r in rows])
+    secs = np.array([r["seconds"] for r in rows])
+    if not len(g):
+        return {}
+    return {
+        "n": int(len(g)), "gain_mean": float(g.mean()), "gain_median": float(np.median(g)),
+        "gain_p10": float(np.quantile(g, 0.1)), "gain_min": float(g.min()), "losses": float((g < 0).mean()),
+        "bacc_median": float(np.median(a)), "bacc_p10": float(np.quantile(a, 0.1)),
+        "forgetting_median": float(np.median(f)), "forgetting_p10": float(np.quantile(f, 0.1)),
+        "seconds_median": float(np.median(secs)),
+        "base_shifted": float(np.mean([r["base_shifted"]["dice"] for r in rows])),
+        "base_plain": float(np.mean([r["base_plain"]["dice"] for r in rows])),
+    }
+
+
+def choose(table: dict[str, dict[str, float]], *, unlabelled: bool | None = None) -> str | None:
+    """The method with the highest median Dice gain among those whose 10th-percentile gain is not a loss,
+    whose median balanced-accuracy change is >= -0.01 and whose median forgetting is >= -0.03 (falling back
+    to the highest median gain when none qualifies).  ``unlabelled``: only methods that do / do not use the
+    uncorrected images."""
+    names = [m for m in table if table[m] and (unlabelled is None or METHODS[m][1] == unlabelled)]
+    if not names:
+        return None
+    ok = [m for m in names if table[m]["gain_p10"] >= 0 and table[m]["bacc_median"] >= -0.01
+          and table[m]["forgetting_median"] >= -0.03]
+    return max(ok or names, key=lambda m: table[m]["gain_median"])
 
 
 def write_finetune_report(out: Path, settings: FinetuneStudySettings, log: Callable[[str], None] = print) -> Path:
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] \
         if (out / "results.jsonl").is_file() else []
-    parts_file = out / "data" / "parts.json"
-    parts = json.loads(parts_file.read_text()) if parts_file.is_file() else {}
-    sizes = (f"part A {parts['A']} images, part B {parts['B']} images (asked for {settings.b_fraction:.0%}; "
-             "rounded to whole grouped folds)" if "A" in parts and "B" in parts
-             else f"part B = {settings.b_fraction:.0%} of the images")
-    lines = ["# Fine-tuning on a few corrections: measured\n",
-             f"Dataset `{settings.dataset}`; base model {settings.base or settings.encoder} trained on part A; "
-             f"{sizes} as a new scanner. Fine-tune settings: "
-             f"`{json.dumps(settings.finetune_config().to_dict())}`. Differences are child - base, mean over "
-             f"{settings.repeats} repeat(s) with 95% t-intervals.\n",
-             "| shift | k | Dice rest of B: base -> child | ΔDice B [95% CI] | Δbal. acc. B [95% CI] | ΔDice A (forgetting) | fine-tune s |",
-             "|---|---|---|---|---|---|---|"]
-    table = {}
-    for shift in settings.shifts:
-        for k in settings.ks:
-            rs = [r for r in rows if r["shift"] == shift and r["k"] == k]
-            if not rs:
+    lines = ["# Fine-tuning on a few corrections of an unseen scanner: measured\n",
+             f"Dataset `{settings.dataset}`; {settings.n_bases} base model(s) ({settings.encoder}, "
+             f"{settings.base_epochs} epochs, {settings.image_size} px{', interactive' if settings.interactive else ''}) "
+             f"each trained on its own part A; part B ({settings.b_fraction:.0%}) is the new scanner: per trial "
+             f"{settings.k} corrections, {settings.n_unlabelled} uncorrected images, the rest (up to "
+             f"{settings.n_score}) scored. Gains are child - base per-image Dice on the scored images, shifted; "
+             "forgetting is the same on them unshifted. Shifts are drawn at random (napari_mtunet.shifts); the "
+             "select set chose, the report set (other draws) reports.\n"]
+    tables = {}
+    for which in ("select", "report"):
+        sub = [r for r in rows if r["set"] == which]
+        if not sub:
+            continue
+        table = {m: gains([r for r in sub if r["method"] == m]) for m in dict.fromkeys(r["method"] for r in sub)}
+        tables[which] = table
+        n_shifts = len({(r["base"], r["shift_index"]) for r in sub})
+        lines += [f"\n## {which} set ({n_shifts} base x shift pairs)\n",
+                  "| method | uses uncorrected | trials | Dice gain median | p10 | worst | mean | losses | "
+                  "Δbal. acc. median | forgetting median | p10 | s (median) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m, t in sorted(table.items(), key=lambda kv: -kv[1].get("gain_median", -9)):
+            if not t:
                 continue
-            db = _ci([r["child_B"].get("dice", math.nan) - r["base_B"].get("dice", math.nan) for r in rs])
-            da = _ci([r["child_B"].get("balanced_accuracy", math.nan) - r["base_B"].get("balanced_accuracy", math.nan)
-                      for r in rs])
-            df = _ci([r["child_A"].get("dice", math.nan) - r["base_A"].get("dice", math.nan) for r in rs
-                      if r.get("child_A")])
-            base = np.mean([r["base_B"].get("dice", math.nan) for r in rs])
-            child = np.mean([r["child_B"].get("dice", math.nan) for r in rs])
-            secs = np.mean([r["seconds"] for r in rs])
-            table[(shift, k)] = (base, child, db)
-            lines.append(f"| {shift} | {k} | {base:.3f} -> {child:.3f} | {db[0]:+.3f} [{db[1]:+.3f}, {db[2]:+.3f}] | "
-                         f"{da[0]:+.3f} [{da[1]:+.3f}, {da[2]:+.3f}] | {df[0]:+.3f} [{df[1]:+.3f}, {df[2]:+.3f}] | "
-                         f"{secs:.0f} |")
-    lines.append("\nShifts: " + "; ".join(f"`{s}`: {SHIFTS[s][0]}" for s in settings.shifts) + ".\n")
-    fig = _plot(out, settings, table)
+            lines.append(f"| {m} | {'yes' if METHODS[m][1] else 'no'} | {t['n']} | {t['gain_median']:+.3f} | "
+                         f"{t['gain_p10']:+.3f} | {t['gain_min']:+.3f} | {t['gain_mean']:+.3f} | {t['losses']:.0%} | "
+                         f"{t['bacc_median']:+.3f} | {t['forgetting_median']:+.3f} | {t['forgetting_p10']:+.3f} | "
+                         f"{t['seconds_median']:.0f} |")
+    if "select" in tables:
+        best, best_plain = choose(tables["select"], unlabelled=True), choose(tables["select"], unlabelled=False)
+        lines.append(f"\nChosen on the select set: with uncorrected images `{best}`, without `{best_plain}` "
+                     "(rule: highest median gain whose 10th percentile is not a loss, balanced accuracy and "
+                     "forgetting within bounds).\n")
+    shifts = {(r["set"], r["base"], r["shift_index"]): r["shift_name"] for r in rows}
+    lines.append("\nShifts: " + "; ".join(f"{k[0]} {k[2]} (base {k[1]}): `{v}`" for k, v in sorted(shifts.items())))
+    fig = _plot(out, rows)
     if fig:
-        lines.append(f"![Dice vs k]({fig})\n")
+        lines.append(f"\n![Dice gains]({fig})\n")
     path = out / "finetune_report.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + "\n")
     log(f"wrote {path}")
     return path
 
 
-def _plot(out: Path, settings: FinetuneStudySettings, table: dict) -> str | None:
-    if not table:
+def _plot(out: Path, rows: list[dict]) -> str | None:
+    if not rows:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for shift in settings.shifts:
-        ks = [k for k in settings.ks if (shift, k) in table]
-        if not ks:
-            continue
-        base = [table[(shift, k)][0] for k in ks]
-        child = [table[(shift, k)][1] for k in ks]
-        line, = ax.plot(ks, child, "o-", label=f"{shift}: fine-tuned")
-        ax.plot(ks, base, "x--", color=line.get_color(), alpha=0.6, label=f"{shift}: base")
-    ax.set_xlabel("k corrected images")
-    ax.set_ylabel("per-image Dice, rest of B")
-    ax.set_xticks(settings.ks)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    ax.set_title("Fine-tuning on k corrections of a shifted scanner")
+    sets = [s for s in ("select", "report") if any(r["set"] == s for r in rows)]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.5 * len(sets), 4.2), squeeze=False)
+    for ax, which in zip(axes[0], sets):
+        sub = [r for r in rows if r["set"] == which]
+        methods = list(dict.fromkeys(r["method"] for r in sub))
+        data = [[r["child_shifted"]["dice"] - r["base_shifted"]["dice"] for r in sub if r["method"] == m]
+                for m in methods]
+        ax.boxplot(data, vert=False, showmeans=True)
+        ax.set_yticks(range(1, len(methods) + 1), methods)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("Dice gain on the shifted scanner (child - base)")
+        ax.set_title(f"{which} shifts")
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    name = "finetune_dice_vs_k.png"
+    name = "finetune_gains.png"
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return name

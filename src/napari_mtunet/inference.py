@@ -64,7 +64,7 @@ class NonFiniteOutputError(ValueError):
 class Prediction:
     """The result for one 2-D image."""
 
-    mask: np.ndarray | None  # uint8 (H, W): 0/1 (or class labels for multi-class seg)
+    mask: np.ndarray | None  # uint8 (H, W): 0/1
     probability: np.ndarray | None  # float32 (H, W): foreground probability
     class_index: int | None
     class_name: str | None
@@ -76,22 +76,6 @@ class Prediction:
     model_hash: str = ""
     #: Prompted predictions: the image region that was run (row0, col0, row1, col1), ends exclusive.
     region: tuple[int, int, int, int] | None = None
-
-    def to_metadata(self) -> dict[str, Any]:
-        """JSON-friendly summary for a napari layer's ``metadata["mtunet"]``."""
-        probs = None
-        if self.class_probabilities is not None:
-            probs = {n: float(p) for n, p in zip(self.class_names, self.class_probabilities)}
-        return {
-            "class_name": self.class_name,
-            "class_index": self.class_index,
-            "class_probabilities": probs,
-            "threshold": self.threshold,
-            "mode": self.mode,
-            "model_name": self.model_name,
-            "model_hash": self.model_hash,
-            "lesion_fraction": float((self.mask > 0).mean()) if self.mask is not None else None,
-        }
 
 
 def _ramp_weight(th: int, tw: int, overlap_y: int, overlap_x: int) -> np.ndarray:
@@ -145,7 +129,7 @@ class Predictor:
     ``.onnx`` file exported by napari-mtunet (``backend="onnxruntime"`` only)
     or an in-memory ``MultiTaskUNet``.  ``backend="onnxruntime"`` runs the
     network with ONNX Runtime (exported once per model and cached, see
-    :func:`napari_mtunet.export.onnx_model.cached_onnx`); pre- and
+    :func:`napari_mtunet.modelfiles.onnx_runtime.cached_onnx`); pre- and
     post-processing are the same code as for ``backend="torch"``.
     """
 
@@ -211,7 +195,6 @@ class Predictor:
         cfg = self.model.config
         self.has_seg = cfg.task != "cls"  # the model has a decoder
         self.has_cls = cfg.task != "seg"  # the model has a classification head
-        self.seg_classes = int(cfg.seg_classes)
         self.class_names = list(cfg.class_names)
         #: Post-processing chosen on the validation split when the model was trained (default: none).
         self.postprocessing = info.postprocessing if hasattr(info, "postprocessing") else Postprocessing()
@@ -239,7 +222,8 @@ class Predictor:
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor, hflip_tta: bool | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(B,3,H,W) float in [0,1] on device -> (seg probabilities (B,K,H,W), class probabilities (B,C))."""
+        """(B, C, H, W) float in [0, 1] on device (the image channels, then any guidance channels) ->
+        (lesion probabilities (B, 1, H, W), class probabilities (B, classes))."""
         if batch.device.type == "cpu" and self._ort is None:
             # channels_last: ~30% less CPU time per forward than NCHW for the mobilenet_v2 UNet (oneDNN;
             # docs/benchmarks.md).  Checked by strides, not is_contiguous(): a (1, C, H, W) view whose
@@ -256,12 +240,7 @@ class Predictor:
                     f"model {self.info.name} produced {int((~torch.isfinite(t)).sum())} NaN/infinite {name} "
                     "output value(s); no class or mask is reported (the model's weights are broken)"
                 )
-        seg = cls = None
-        if out.seg is not None:
-            seg = torch.sigmoid(out.seg) if self.seg_classes == 1 else torch.softmax(out.seg, dim=1)
-        if out.cls is not None:
-            cls = torch.softmax(out.cls.float(), dim=1)
-        return seg, cls
+        return out.segmentation_probabilities(), out.class_probabilities()
 
     def _finish(
         self, prob: np.ndarray | None, cls_prob: np.ndarray | None, mode: str, return_probability: bool
@@ -269,18 +248,14 @@ class Predictor:
         mask = None
         fg = None
         if prob is not None:
-            if prob.ndim == 2:
-                mask = prob >= self.threshold
-                if mode != "tiled" and self.postprocessing.min_lesion_fraction > 0:
-                    mask = remove_small_lesions(mask, self.postprocessing.min_lesion_fraction)
-                mask = mask.astype(np.uint8)
-                fg = prob.astype(np.float32, copy=False)
-            else:  # multi-class segmentation: (K, H, W)
-                mask = prob.argmax(axis=0).astype(np.uint8)
-                fg = prob.max(axis=0).astype(np.float32)
+            mask = prob >= self.threshold
+            if mode != "tiled" and self.postprocessing.min_lesion_fraction > 0:
+                mask = remove_small_lesions(mask, self.postprocessing.min_lesion_fraction)
+            mask = mask.astype(np.uint8)
+            fg = prob.astype(np.float32, copy=False)
         idx = name = None
         nl = no_lesion_index(self.postprocessing, self.class_names)
-        if cls_prob is not None and nl is not None and mask is not None and prob.ndim == 2 and mode != "tiled":
+        if cls_prob is not None and nl is not None and mask is not None and mode != "tiled":
             cls_prob = consistent_class_probabilities(cls_prob, bool(mask.any()), nl)  # the heads agree
         if cls_prob is not None:
             idx = int(np.argmax(cls_prob))
@@ -303,8 +278,8 @@ class Predictor:
         return torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).to(self.device)
 
     def _squeeze_seg(self, seg: torch.Tensor) -> np.ndarray:
-        arr = seg.float().cpu().numpy()
-        return arr[0] if arr.shape[0] == 1 else arr
+        """(1, H, W) lesion probability -> (H, W) numpy."""
+        return seg.float().cpu().numpy()[0]
 
     # ------------------------------------------------------------------ modes
 
@@ -367,25 +342,19 @@ class Predictor:
         th, tw, ys, xs, ov_y, ov_x = self._tiles(h, w)
         conv = _Converter(image, where)
         weight = _ramp_weight(th, tw, ov_y if len(ys) > 1 else 0, ov_x if len(xs) > 1 else 0)
-        k = self.seg_classes
-        prob_out = np.empty((h, w), np.float32) if (self.has_seg and return_probability and k == 1) else None
-        prob_multi = np.empty((k, h, w), np.float32) if (self.has_seg and k > 1) else None
+        prob_out = np.empty((h, w), np.float32) if (self.has_seg and return_probability) else None
         mask_out = np.empty((h, w), np.uint8) if self.has_seg else None
-        acc = np.zeros((k, th, w), np.float32) if self.has_seg else None
+        acc = np.zeros((th, w), np.float32) if self.has_seg else None
         wsum = np.zeros((th, w), np.float32) if self.has_seg else None
         cls_acc = None
         cls_wsum = 0.0
 
         def flush(y0: int, y1: int, offset: int) -> None:
             rows = slice(y0 - offset, y1 - offset)
-            p = acc[:, rows] / np.maximum(wsum[rows], 1e-8)
-            if k == 1:
-                if prob_out is not None:
-                    prob_out[y0:y1] = p[0]
-                mask_out[y0:y1] = p[0] >= self.threshold
-            else:
-                prob_multi[:, y0:y1] = p
-                mask_out[y0:y1] = p.argmax(axis=0)
+            p = acc[rows] / np.maximum(wsum[rows], 1e-8)
+            if prob_out is not None:
+                prob_out[y0:y1] = p
+            mask_out[y0:y1] = p >= self.threshold
 
         def make_tile(y: int, x: int) -> tuple[int, np.ndarray, int]:
             tile = conv(np.asarray(image[y : y + th, x : x + tw]))
@@ -402,11 +371,11 @@ class Predictor:
                 batch = torch.from_numpy(np.stack([t for _, t, _ in chunk])).permute(0, 3, 1, 2).to(self.device)
                 seg, cls = self._forward(batch)
                 if seg is not None:
-                    seg_np = seg.float().cpu().numpy()
+                    seg_np = seg[:, 0].float().cpu().numpy()
                     for (x, _, _), s in zip(chunk, seg_np):
                         xe = min(x + tw, w)
                         ye = min(th, h - y)
-                        acc[:, :ye, x:xe] += s[:, :ye, : xe - x] * weight[:ye, : xe - x]
+                        acc[:ye, x:xe] += s[:ye, : xe - x] * weight[:ye, : xe - x]
                         wsum[:ye, x:xe] += weight[:ye, : xe - x]
                 if cls is not None:
                     c = cls.cpu().numpy()
@@ -421,13 +390,12 @@ class Predictor:
                 flush(y, min(nxt, h), y)
                 shift = nxt - y
                 if yi + 1 < len(ys):
-                    acc[:, : th - shift] = acc[:, shift:].copy()
-                    acc[:, th - shift :] = 0
+                    acc[: th - shift] = acc[shift:].copy()
+                    acc[th - shift :] = 0
                     wsum[: th - shift] = wsum[shift:].copy()
                     wsum[th - shift :] = 0
         cls_prob = None if cls_acc is None else (cls_acc / max(cls_wsum, 1e-8)).astype(np.float32)
-        prob = prob_multi if prob_multi is not None else prob_out
-        return prob, mask_out, cls_prob
+        return prob_out, mask_out, cls_prob
 
     # ------------------------------------------------------------------ public API
 
@@ -448,10 +416,7 @@ class Predictor:
             prob, mask, cls_prob = self._tiled(arr, where, return_probability)
             pred = self._finish(None, cls_prob, chosen, return_probability)
             pred.mask = mask
-            if prob is not None and prob.ndim == 2:
-                pred.probability = prob if return_probability else None
-            elif prob is not None:
-                pred.probability = prob.max(axis=0) if return_probability else None
+            pred.probability = prob if return_probability else None
             return pred
         rgb = to_float_rgb(np.asarray(arr), where=where)
         if chosen == "resize":

@@ -46,30 +46,27 @@ from .encoders import (  # noqa: F401 - re-exported: the model's public weight-l
 class ModelOutput(NamedTuple):
     """Raw network outputs; a field is None when the task does not produce it."""
 
-    seg: torch.Tensor | None  # (B, seg_classes, H, W) logits
+    seg: torch.Tensor | None  # (B, 1, H, W) lesion logits
     cls: torch.Tensor | None  # (B, num_classes) logits
 
-    # The one place where logits become probabilities and masks (training
-    # validation, evaluation, the Predictor and fine-tuning metrics use these).
+    # The one place where logits become probabilities and masks (training validation, evaluation, the
+    # Predictor, fine-tuning metrics and the exported ONNX / bioimage.io graphs use these).
 
     def class_probabilities(self) -> torch.Tensor | None:
         """``(B, num_classes)`` softmax probabilities (float32), or None without a class head."""
         return None if self.cls is None else torch.softmax(self.cls.float(), dim=1)
 
     def segmentation_probabilities(self) -> torch.Tensor | None:
-        """``(B, K, H, W)`` float32: per-pixel foreground probability (sigmoid) for one segmentation class,
-        class probabilities (softmax over the K classes) for several; None without a decoder."""
-        if self.seg is None:
-            return None
-        seg = self.seg.float()
-        return torch.sigmoid(seg) if seg.shape[1] == 1 else torch.softmax(seg, dim=1)
+        """``(B, 1, H, W)`` lesion probability (sigmoid, float32), or None without a decoder."""
+        return None if self.seg is None else torch.sigmoid(self.seg.float())
 
     def mask_probability(self) -> torch.Tensor | None:
-        """``(B, H, W)`` foreground probability (float32), or None without a decoder."""
-        return None if self.seg is None else torch.sigmoid(self.seg[:, 0].float())
+        """``(B, H, W)`` lesion probability (float32), or None without a decoder."""
+        p = self.segmentation_probabilities()
+        return None if p is None else p[:, 0]
 
     def masks(self, threshold: float = 0.5) -> torch.Tensor | None:
-        """``(B, H, W)`` boolean masks: foreground probability above ``threshold``."""
+        """``(B, H, W)`` boolean masks: lesion probability above ``threshold``."""
         p = self.mask_probability()
         return None if p is None else p > threshold
 

@@ -328,3 +328,18 @@ def split_for_config(samples: Sequence[Sample], config: Any, root: str | Path | 
     if path is not None:
         save_splits(path, split, root=root)
     return split
+
+
+def round_robin_pick(labels: Sequence[Any], k: int, rng: np.random.Generator) -> list[int]:
+    """``k`` indices of ``labels`` spread over the classes: taken in turn from each class (classes sorted),
+    each class's indices in a random order (``rng``); all of them when ``k`` >= their number."""
+    by: dict[str, list[int]] = {}
+    for i in rng.permutation(len(labels)):
+        by.setdefault(str(labels[int(i)]), []).append(int(i))
+    chosen: list[int] = []
+    k = min(int(k), len(labels))
+    while len(chosen) < k:
+        for c in sorted(by):
+            if by[c] and len(chosen) < k:
+                chosen.append(by[c].pop())
+    return sorted(chosen)

@@ -6,7 +6,7 @@ width dynamic (height and width multiples of the model's output stride) and
 ``channels`` the model's input channels.  The model's normalisation (its
 mean/std buffers) is part of the graph.  Outputs, depending on the task:
 
-- ``mask_logits`` ``(batch, seg_classes, height, width)`` (tasks both, seg);
+- ``mask_logits`` ``(batch, 1, height, width)`` (tasks both, seg);
 - ``class_logits`` ``(batch, num_classes)`` (tasks both, cls).
 
 ``probabilities=True`` (used inside bioimage.io packages) gives
@@ -106,22 +106,12 @@ def _graph_module(net: nn.Module, probabilities: bool) -> nn.Module:
             out = self.net(image)
             res = []
             if out.seg is not None:
-                res.append(_seg_probabilities(out) if probabilities else out.seg)
+                res.append(out.segmentation_probabilities() if probabilities else out.seg)
             if out.cls is not None:
                 res.append(out.class_probabilities() if probabilities else out.cls)
             return tuple(res)
 
     return Graph().eval()
-
-
-def _seg_probabilities(out: Any):
-    """Mask probabilities as the model defines them (sigmoid for one class, softmax over several)."""
-    if hasattr(out, "segmentation_probabilities"):
-        return out.segmentation_probabilities()
-    import torch
-
-    seg = out.seg.float()
-    return torch.sigmoid(seg) if seg.shape[1] == 1 else torch.softmax(seg, dim=1)
 
 
 def export_graph(graph: nn.Module, path: Path, example: torch.Tensor, inputs: list[TensorIO],

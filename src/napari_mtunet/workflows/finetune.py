@@ -93,19 +93,11 @@ def _check_split(n: int, labels: list[int], k: int, seed: int) -> tuple[list[int
     """Hold back ``k`` of ``n`` samples, spread over the classes (seeded)."""
     if k <= 0:
         return list(range(n)), []
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    # round-robin over classes so the held-back part is not one class only
-    by_class: dict[int, list[int]] = {}
-    for i in order:
-        by_class.setdefault(labels[i], []).append(int(i))
-    held: list[int] = []
-    while len(held) < k:
-        for c in sorted(by_class):
-            if by_class[c] and len(held) < k and len(by_class[c]) > 0:
-                held.append(by_class[c].pop())
+    from ..data.splits import round_robin_pick
+
+    held = round_robin_pick(labels, k, np.random.default_rng(seed))
     held_set = set(held)
-    return [i for i in range(n) if i not in held_set], sorted(held)
+    return [i for i in range(n) if i not in held_set], held
 
 
 def _replay_source(run: RunConfig, replay: str | os.PathLike | None, class_names: list[str]):
@@ -181,6 +173,21 @@ def _adapt_batchnorm(model: Any, new_domain: list[Any], old_domain: Any, device:
         recalibrate_batchnorm(model, loader, device, max_batches=len(loader))
     model.eval()
     return n
+
+
+def _adapted_only(model: Any, trainer: Any, path: Path) -> Any:
+    """Save ``model`` (adapted, not trained) as the child, as the trainer would have saved it."""
+    from ..checkpoint import save_checkpoint
+    from ..training.engine import FitResult
+
+    trainer.history = []
+    trainer.train_loader = trainer.train_data
+    trainer.val_loader = None
+    meta = trainer.training_metadata(0)
+    meta["n_train"] = 0
+    save_checkpoint(path, model, training=meta, parent=trainer.parent, run=trainer.run_dict())
+    return FitResult(reason="completed", epochs_run=0, best_epoch=0, best_value=float("nan"), monitor="none",
+                     best_checkpoint=path, last_checkpoint=None, history=[], model=model)
 
 
 def iter_finetune(
@@ -267,10 +274,13 @@ def iter_finetune(
         mix = ConcatDataset(parts) if len(parts) > 1 else parts[0]
         steps = cfg.steps_for(len(train_idx))
         gen = torch.Generator().manual_seed(int(cfg.seed))
-        sampler = WeightedRandomSampler(torch.as_tensor(np.concatenate(weights), dtype=torch.double),
-                                        num_samples=steps * int(cfg.batch_size), replacement=True, generator=gen)
-        loader = DataLoader(mix, batch_size=int(cfg.batch_size), sampler=sampler, drop_last=True,
-                            collate_fn=collate_batch)
+        if steps:
+            sampler = WeightedRandomSampler(torch.as_tensor(np.concatenate(weights), dtype=torch.double),
+                                            num_samples=steps * int(cfg.batch_size), replacement=True, generator=gen)
+            loader = DataLoader(mix, batch_size=int(cfg.batch_size), sampler=sampler, drop_last=True,
+                                collate_fn=collate_batch)
+        else:  # adapt only: nothing is drawn
+            loader = DataLoader(mix, batch_size=int(cfg.batch_size), collate_fn=collate_batch)
         checks = {"train": new_train_plain, "check": new_check, "base": base_check}
         yield Status(f"Scoring {info.name} before fine-tuning …")
         pp = info.postprocessing  # the child inherits its parent's post-processing
@@ -300,10 +310,14 @@ def iter_finetune(
         )
         ft_run = RunConfig(model=run.model, preprocessing=run.preprocessing,
                            data=run.data.replace(root=str(Path(dataset).resolve()), layout=layout), train=train_cfg,
-                           postprocessing=run.postprocessing)
-        yield Status(f"Fine-tuning on {len(train_idx)} new sample(s)"
-                     + (f" + replay of {n_pool} base sample(s)" if n_pool else "")
-                     + f", {steps} steps" + (f"; {len(check_idx)} held back to check" if check_idx else ""))
+                           postprocessing=run.postprocessing, interactive=run.interactive)
+        if steps:
+            yield Status(f"Fine-tuning on {len(train_idx)} new sample(s)"
+                         + (f" + replay of {n_pool} base sample(s)" if n_pool else "")
+                         + f", {steps} steps" + (f"; {len(check_idx)} held back to check" if check_idx else ""))
+        else:
+            yield Status("No optimisation step (steps_per_sample 0): the child is the base model with the new "
+                         "BatchNorm statistics")
         trainer = Trainer(
             model, train_cfg, loader, None, out_dir=folder.path, cancel=cancel, parent=parent_record(info),
             freeze_bn=cfg.freeze_bn, run=ft_run, train_labels=dataset_labels(mix),
@@ -314,8 +328,13 @@ def iter_finetune(
             }},
         )
         try:
-            yield from trainer.iter_fit()
-            fit = trainer.result
+            if steps:
+                yield from trainer.iter_fit()
+                fit = trainer.result
+            else:  # adapt only: the adapted statistics are the child; no optimisation step
+                from ..training.checkpointing import BEST_NAME
+
+                fit = _adapted_only(model, trainer, folder.path / BEST_NAME)
             metrics: dict[str, dict[str, dict[str, float]]] = {}
             if fit.best_checkpoint is not None and fit.reason != "cancelled":
                 yield Status("Scoring the fine-tuned model …")
