@@ -28,7 +28,6 @@ line per fine-tune), ``finetune_report.md`` and ``finetune_gains.png``.  Several
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
