@@ -64,6 +64,8 @@ class TrainForm:
     weights: str = "imagenet"  # one of WEIGHTS
     weights_file: str = ""
     task: str = D.model.task
+    #: train for click and box prompts too (``model.prompts``; the CLI's ``--interactive``)
+    interactive: bool = D.model.prompts
     image_size: int = D.preprocessing.image_size
     w_seg: float = D.train.w_seg
     w_cls: float = D.train.w_cls
@@ -92,7 +94,8 @@ class TrainForm:
         base = RunConfig()
         run = RunConfig(
             model=ModelConfig(**{**base.model.to_dict(), "encoder_name": self.encoder.strip(),
-                                 "encoder_weights": weights, "task": self.task}),
+                                 "encoder_weights": weights, "task": self.task,
+                                 "prompts": bool(self.interactive)}),
             preprocessing=Preprocessing(image_size=int(self.image_size)),
             data=DataConfig(**{**base.data.to_dict(), "root": self.root.strip(), "layout": self.layout,
                                "strict": bool(self.strict),

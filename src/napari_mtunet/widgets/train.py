@@ -81,6 +81,11 @@ class TrainWidget(JobWidget):
         self.encoder_weights = combo(WEIGHTS, "imagenet")
         self.weights_file = PathEdit("file", "weights (*.pth *.pt *.safetensors)", "local encoder weights file")
         self.task = combo(["both", "seg", "cls"], "both")
+        self.interactive = QCheckBox("interactive (click and box prompts)")
+        self.interactive.setToolTip(
+            "Also train the model to segment the object you click on or draw a box around (the Segment object "
+            "widget); it still predicts without prompts. Saved in the run config as model.prompts (mtunet train "
+            "--interactive). Needs the segmentation head (task both or seg).")
         self.image_size = QSpinBox()
         self.image_size.setRange(32, 4096)
         self.image_size.setSingleStep(32)
@@ -131,6 +136,7 @@ class TrainWidget(JobWidget):
         f.addRow("Encoder weights", self.encoder_weights)
         f.addRow("", self.weights_file)
         f.addRow("Task", self.task)
+        f.addRow("", self.interactive)
         f.addRow("Image size", self.image_size)
         opt_box = QGroupBox("Training")
         f = QFormLayout(opt_box)
@@ -176,7 +182,8 @@ class TrainWidget(JobWidget):
             seed=int(self.seed.value()), max_samples=int(self.max_samples.value()), augment=self.augment.isChecked(),
             strict=self.strict.isChecked(),
             encoder=self.encoder.currentText(), weights=self.encoder_weights.currentText(),
-            weights_file=self.weights_file.value, task=self.task.currentText(), image_size=int(self.image_size.value()),
+            weights_file=self.weights_file.value, task=self.task.currentText(), interactive=self.interactive.isChecked(),
+            image_size=int(self.image_size.value()),
             w_seg=float(self.w_seg.value()), w_cls=float(self.w_cls.value()), epochs=int(self.epochs.value()),
             batch_size=int(self.batch_size.value()), lr=self.lr.text(), patience=int(self.patience.value()),
             device=self.device.currentText(), out_root=self.out_dir.value,
@@ -196,6 +203,7 @@ class TrainWidget(JobWidget):
         self.weights_file.value = form.weights_file
         self.weights_file.setEnabled(form.weights == "local file")
         self.task.setCurrentText(form.task)
+        self.interactive.setChecked(bool(form.interactive))
         self.image_size.setValue(int(form.image_size))
         self.w_seg.setValue(form.w_seg)
         self.w_cls.setValue(form.w_cls)
