@@ -49,8 +49,9 @@ class ClassOverlay:
     glyph cache (no canvas redraw; when that is not reachable, invisibly in the unused overlay).
     """
 
-    CHUNK = 3
-    STEP_MS = 120
+    #: glyphs rendered per step (vispy's CPU SDF renderer takes 10-40 ms a glyph here: one at a time)
+    CHUNK = 1
+    STEP_MS = 60
 
     def __init__(self, viewer: Any, timer_parent: QObject | None = None) -> None:
         self.viewer = viewer
