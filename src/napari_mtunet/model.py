@@ -43,6 +43,14 @@ from .encoders import (  # noqa: F401 - re-exported: the model's public weight-l
 )
 
 
+#: The guidance channels enter the network multiplied by this gain.  Their first-layer weights start at zero,
+#: and Adam moves every weight by about the learning rate per step whatever its input's scale, so at gain 1
+#: they stayed ~50x smaller than the pretrained RGB weights after 20 epochs and the network barely used the
+#: prompts (measured: benchmarks/interactive_study.py, docs/results.md); the gain makes them learn as fast as
+#: the features they join.  Part of the architecture: checkpoints of interactive models depend on it.
+GUIDANCE_GAIN = 20.0
+
+
 class ModelOutput(NamedTuple):
     """Raw network outputs; a field is None when the task does not produce it."""
 
@@ -116,8 +124,8 @@ class MultiTaskUNet(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's input for ``x``: the image channels normalised, then the guidance channels as given
-        (zeros when ``x`` holds the image only: automatic mode)."""
+        """The encoder's input for ``x``: the image channels normalised, then the guidance channels times
+        :data:`GUIDANCE_GAIN` (zeros when ``x`` holds the image only: automatic mode)."""
         c = x.shape[1] if x.ndim == 4 else -1
         want = self.config.input_channels
         if c not in (IMAGE_CHANNELS, want):
@@ -129,7 +137,7 @@ class MultiTaskUNet(nn.Module):
         if c == IMAGE_CHANNELS:
             guidance = image.new_zeros((x.shape[0], want - IMAGE_CHANNELS, *x.shape[2:]))
         else:
-            guidance = x[:, IMAGE_CHANNELS:]
+            guidance = x[:, IMAGE_CHANNELS:] * GUIDANCE_GAIN
         return torch.cat([image, guidance], dim=1)
 
     def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
