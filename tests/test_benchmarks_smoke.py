@@ -111,13 +111,13 @@ def test_napari_responsiveness(tmp_path, monkeypatch):
     pytest.importorskip("napari")
     doc = run_script("napari_responsiveness", tmp_path, monkeypatch, "--tiled-size", "0")
     phases = doc["results"]
-    assert {"idle", "train", "predict", "napari_add_labels_first"} <= set(phases)
+    assert {"idle", "dock", "set_model", "predict", "train", "dataset_check"} <= set(phases)
     assert phases["train"]["completed"] and phases["predict"]["completed"]
     assert phases["predict"]["labels_added"] is True
     assert doc["errors"] == []
     for v in phases.values():
         assert v["worst_stall_ms"] >= 0 and v["ticks"] >= 1
-    assert {t["name"].split(":")[0] for t in doc["targets"]} == {"train", "predict"}
+    assert {"train", "predict"} <= {t["name"].split(":")[0] for t in doc["targets"]}
 
 
 def test_cpu_channels_last(tmp_path, monkeypatch):

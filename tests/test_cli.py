@@ -82,13 +82,16 @@ def test_predict_never_overwrites(trained, dataset, tmp_path, capsys):
     assert len(list((tmp_path / "p2" / "masks").glob("*_pred.tif"))) == 24
 
 
-def test_predict_refuses_an_output_folder_inside_the_dataset(trained, dataset, capsys):
+def test_predict_refuses_the_input_folder_as_output_and_accepts_a_folder_beside_it(trained, dataset, capsys):
     before = sorted(p.name for p in dataset.rglob("*"))
     assert main(["predict", str(trained / "best.safetensors"), str(dataset / "images"), "--out",
-                 str(dataset / "predictions"), "--device", "cpu"]) == 1
+                 str(dataset / "images"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "inside the dataset" in err[0]
+    assert len(err) == 1 and "is the input folder" in err[0] and "Traceback" not in err[0]
     assert sorted(p.name for p in dataset.rglob("*")) == before
+    assert main(["predict", str(trained / "best.safetensors"), str(dataset / "images"), "--out",
+                 str(dataset / "predictions"), "--device", "cpu"]) == 0
+    assert (dataset / "predictions" / "predictions.csv").is_file()
 
 
 def test_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -171,3 +171,26 @@ def test_a_run_that_fails_before_its_first_checkpoint_removes_its_folder(tmp_pat
     with pytest.raises(Exception):
         drive(iter_train(run, mine))
     assert sorted(p.name for p in mine.iterdir()) == [".mtunet-run.lock", "notes.txt"]  # its lock file stays
+
+
+def test_output_folders_inside_a_dataset_are_never_read_as_data(tmp_path):
+    """A run or prediction folder napari-mtunet wrote inside a dataset is neither a class nor a sample."""
+    from napari_mtunet.config import DataConfig
+    from napari_mtunet.outputs import mark_output_dir
+    from napari_mtunet.workflows.data import load
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "classes"
+    for name in ("benign", "malignant"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(root / name / f"{name}{i}.png")
+    before = load(DataConfig(root=str(root)))
+    preds = root / "predictions"
+    (preds / "masks").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(preds / f"p{i}.png")
+    mark_output_dir(preds, "predictions")
+    after = load(DataConfig(root=str(root)))
+    assert after.class_names == before.class_names == ["benign", "malignant"]
+    assert len(after.samples) == len(before.samples) == 6

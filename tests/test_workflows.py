@@ -175,19 +175,23 @@ def test_predict_files_layout_csv_and_no_overwrite(trained, phantom, tmp_path):
     assert sum(res.class_counts.values()) == 30
 
 
-def test_predict_files_refuses_outputs_inside_inputs_or_their_dataset(trained, tmp_path):
+def test_predict_files_never_writes_among_its_inputs(trained, tmp_path):
+    """The input folder itself is refused (nothing is created or touched); a new folder inside the dataset is
+    fine, carries the output marker, and a rerun does not read it as input."""
+    from napari_mtunet.outputs import is_output_dir
+
     outcome, _ = trained
     ckpt = outcome.out_dir / "best.safetensors"
     busi = _write_busi_like(tmp_path / "Dataset_BUSI_with_GT")
     before = sorted(p.name for p in (busi / "benign").iterdir())
-    for out in (busi / "benign", busi / "benign" / "preds", busi / "preds"):
-        with pytest.raises(PredictFilesError, match="inside the (input folder|dataset)"):
-            drive(iter_predict_files(ckpt, [busi / "benign"], out, device="cpu", fmt="tiff"))
+    with pytest.raises(PredictFilesError, match="is the input folder"):
+        drive(iter_predict_files(ckpt, [busi / "benign"], busi / "benign", device="cpu", fmt="tiff"))
     assert sorted(p.name for p in (busi / "benign").iterdir()) == before
-    assert not (busi / "preds").exists()
-    # outside the dataset it works, and ground-truth masks are not predicted as patients
-    res = drive(iter_predict_files(ckpt, [busi / "benign"], tmp_path / "ok", device="cpu"))
-    assert res.n_ok == 3 and len(list((tmp_path / "ok" / "masks").iterdir())) == 3
+    res = drive(iter_predict_files(ckpt, [busi / "benign"], busi / "benign" / "preds", device="cpu"))
+    assert res.n_ok == 3 and is_output_dir(busi / "benign" / "preds")  # ground-truth masks were not predicted
+    again = drive(iter_predict_files(ckpt, [busi / "benign"], busi / "preds2", device="cpu"))
+    assert again.n_ok == 3  # the earlier predictions inside the input folder were not taken as inputs
+    assert sorted(p.name for p in (busi / "benign").iterdir()) == sorted(before + ["preds"])
 
 
 def test_output_beside_inputs_in_a_folder_of_image_folders_is_allowed(tmp_path):
@@ -208,13 +212,14 @@ def test_output_beside_inputs_in_a_folder_of_image_folders_is_allowed(tmp_path):
     inputs.mkdir(parents=True)
     Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(inputs / "x.png")
     check_output_folder(tmp_path / "project_c" / "out", [inputs])  # no error
-    # a class folder of a one-folder-per-class dataset is still protected
+    # beside a class folder of a one-folder-per-class dataset is fine; the class folder itself is not
     classes = tmp_path / "classes"
     for name in ("benign", "malignant"):
         (classes / name).mkdir(parents=True)
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(classes / name / "a.png")
-    with pytest.raises(PredictFilesError, match="inside the dataset"):
-        check_output_folder(classes / "preds", [classes / "benign"])
+    check_output_folder(classes / "preds", [classes / "benign"])
+    with pytest.raises(PredictFilesError, match="is the input folder"):
+        check_output_folder(classes / "benign", [classes / "benign"])
 
 
 def test_predict_files_reports_bad_files_and_keeps_going(trained, phantom, tmp_path):

@@ -6,7 +6,6 @@ import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import DataError, Problem
 from ..io import is_image_file
@@ -70,8 +69,12 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def list_dirs(folder: Path) -> list[Path]:
+    """Visible sub-folders, naturally sorted; folders napari-mtunet wrote outputs into (run folders,
+    predictions: :func:`napari_mtunet.outputs.is_output_dir`) are never data."""
+    from ...outputs import is_output_dir
+
     return sorted(
-        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))),
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")) and not is_output_dir(p)),
         key=lambda p: natural_key(p.name),
     )
 
@@ -120,14 +123,14 @@ def csv_header(path: Path) -> list[str]:
 
 def find_files(root: Path, pattern: str, max_depth: int = 3) -> list[Path]:
     """Files matching a glob pattern in ``root`` and up to ``max_depth`` levels below."""
+    from ...outputs import is_output_dir
+
     out: list[Path] = []
     for depth in range(max_depth + 1):
         out.extend(p for p in root.glob("/".join(["*"] * depth + [pattern])) if p.is_file())
-    return sorted(set(out), key=lambda p: natural_key(str(p)))
+    # nothing under a folder napari-mtunet wrote outputs into (below the root) is data
+    marked = {q for p in out for q in p.relative_to(root).parents if q != Path(".") and is_output_dir(root / q)}
+    return sorted({p for p in set(out) if not any(m in p.relative_to(root).parents for m in marked)},
+                  key=lambda p: natural_key(str(p)))
 
 
-def stem_without(name: str, suffixes: Iterable[str]) -> str:
-    for s in suffixes:
-        if name.endswith(s):
-            return name[: -len(s)]
-    return name
