@@ -243,3 +243,32 @@ def test_open_model_refuses_onnx_files(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="cannot be turned back into a PyTorch model"):
         open_model(path)
+
+
+def test_an_interactive_model_exports_its_guidance_input_and_runs_prompted_with_onnxruntime(tmp_path):
+    """The ONNX file of an interactive checkpoint has the inputs image (3 channels) and guidance (4 channels);
+    ONNX Runtime reproduces the torch Predictor with and without prompts."""
+    import onnx
+
+    from napari_mtunet.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(encoder_weights=None, prompts=True, class_names=CLASSES),
+                        Preprocessing(image_size=64)).eval()
+    with torch.no_grad():  # as if trained: the guidance weights are no longer zero
+        model.encoder.features[0][0].weight[:, 3:] = 0.05
+    ckpt = save_checkpoint(tmp_path / "interactive.safetensors", model)
+    path = export_onnx(ckpt, tmp_path / "interactive.onnx")
+    graph = onnx.load(str(path))
+    dims = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert dims == {"image": ["batch", 3, "height", "width"], "guidance": ["batch", 4, "height", "width"]}
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert "guidance" in meta["input"] and "positive clicks" in meta["input"]
+    image = np.random.default_rng(1).integers(0, 255, (120, 150), dtype=np.uint8)
+    pt, po = Predictor(ckpt), Predictor(path, backend="onnxruntime")
+    assert po.accepts_prompts
+    for prompts in ({}, {"box": (30, 40, 80, 100)}, {"points": [(50, 60, True), (10, 10, False)]}):
+        a, b = pt.predict(image, **prompts), po.predict(image, **prompts)
+        assert np.array_equal(a.mask, b.mask) and a.region == b.region
+        np.testing.assert_allclose(b.probability, a.probability, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(b.class_probabilities, a.class_probabilities, atol=1e-4, rtol=0)

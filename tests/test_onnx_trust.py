@@ -243,10 +243,11 @@ def test_check_outputs_names_the_axis_sizes():
 def test_io_spec_reads_channels_and_classes_from_the_config():
     cfg = ModelConfig(encoder_weights=None, num_classes=4, class_names=["a", "b", "c", "d"])
     inputs, outputs = io_spec(cfg)
-    assert inputs[0].dims == ("batch", cfg.input_channels, "height", "width")
+    assert [i.dims for i in inputs] == [("batch", 3, "height", "width")]
     assert [o.dims for o in outputs] == [("batch", 1, "height", "width"), ("batch", 4)]
     prompted = ModelConfig(encoder_weights=None, num_classes=4, class_names=["a", "b", "c", "d"], prompts=True)
-    assert io_spec(prompted)[0][0].dims[1] == prompted.input_channels == 7
+    assert [(i.name, i.dims[1]) for i in io_spec(prompted)[0]] == [("image", 3), ("guidance", 4)]
+    assert [i.name for i in io_spec(prompted, probabilities=True)[0]] == ["image"]  # bioimage.io: automatic only
     assert [o.name for o in io_spec(ModelConfig(encoder_weights=None, task="seg"), probabilities=True)[1]] == [
         "mask_probability"]
 

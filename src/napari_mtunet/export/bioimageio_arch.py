@@ -32,10 +32,5 @@ class BioimageioMTUNet(MultiTaskUNet):
         super().__init__(config, Preprocessing.from_dict(preprocessing))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        out = super().forward(x)
-        res = []
-        if out.seg is not None:
-            res.append(torch.sigmoid(out.seg) if out.seg.shape[1] == 1 else torch.softmax(out.seg, dim=1))
-        if out.cls is not None:
-            res.append(torch.softmax(out.cls, dim=1))
-        return tuple(res)
+        out = super().forward(x)  # an interactive model gets zero guidance: its automatic mode
+        return tuple(t for t in (out.segmentation_probabilities(), out.class_probabilities()) if t is not None)

@@ -596,15 +596,13 @@ def build_description(src: Any, work: Path, *, name: str | None, description: st
     ]
     out_descr = []
     if cfg.task != "cls":
-        k = int(cfg.seg_classes)
         out_descr.append(
             OutputTensorDescr(
                 id=TensorId("mask_probability"),
-                description="lesion probability (sigmoid); mask = probability >= 0.5" if k == 1
-                else "per-class segmentation probabilities (softmax over channels)",
+                description="lesion probability (sigmoid); mask = probability >= 0.5",
                 axes=[
                     BatchAxis(),
-                    ChannelAxis(channel_names=["foreground"] if k == 1 else [f"label_{i}" for i in range(k)]),
+                    ChannelAxis(channel_names=["foreground"]),
                     SpaceOutputAxis(id=AxisId("y"), size=SizeReference(tensor_id=image_id, axis_id=AxisId("y"))),
                     SpaceOutputAxis(id=AxisId("x"), size=SizeReference(tensor_id=image_id, axis_id=AxisId("x"))),
                 ],

@@ -233,14 +233,17 @@ def model_card(info: Any, *, channel_names: list[str], input_size: int, onnx: bo
         )
     else:
         out.append(f"- the model was trained on {pre.image_size}-pixel crops at native resolution; large images can be tiled.")
+    if getattr(cfg, "prompts", False):
+        out.append(
+            "- interactive segmentation: the model was also trained with click and box prompts. This package runs "
+            "its automatic mode only (no prompts). The prompts are an extra `guidance` input of the ONNX file "
+            "from `mtunet export --format onnx`, and napari-mtunet's Predictor and its 'Segment object' widget "
+            "use them (they zoom on the prompted region)."
+        )
     out += ["", "## Outputs", ""]
     if cfg.task != "cls":
-        if int(cfg.seg_classes) == 1:
-            out.append("- mask_probability (batch, 1, height, width): lesion probability (sigmoid); the mask is "
-                       "probability >= 0.5 (napari-mtunet's default threshold).")
-        else:
-            out.append(f"- mask_probability (batch, {cfg.seg_classes}, height, width): per-class probabilities "
-                       "(softmax); the label image is their argmax.")
+        out.append("- mask_probability (batch, 1, height, width): lesion probability (sigmoid); the mask is "
+                   "probability >= 0.5 (napari-mtunet's default threshold).")
     if cfg.task != "seg":
         pairs = ", ".join(md_text(c, 120) + (f" ({md_text(n, 120)})" if n != c else "")
                           for n, c in zip(cfg.class_names, channel_names))

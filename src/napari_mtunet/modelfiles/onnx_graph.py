@@ -1,10 +1,16 @@
 """The ONNX graph of a multi-task UNet: its inputs and outputs, tracing it, and the metadata it carries.
 
 The graph takes what the PyTorch model takes: ``image``, float32 in
-``[0, 1]``, shape ``(batch, channels, height, width)`` with batch, height and
-width dynamic (height and width multiples of the model's output stride) and
-``channels`` the model's input channels.  The model's normalisation (its
-mean/std buffers) is part of the graph.  Outputs, depending on the task:
+``[0, 1]``, shape ``(batch, 3, height, width)`` with batch, height and
+width dynamic (height and width multiples of the model's output stride).
+The model's normalisation (its mean/std buffers) is part of the graph.  An
+interactive model's graph (``ModelConfig.prompts``) has a second input,
+``guidance``, ``(batch, 4, height, width)``: the prompt channels of
+:data:`napari_mtunet.config.GUIDANCE_CHANNELS` (positive clicks, negative
+clicks, previous mask, box) as :func:`napari_mtunet.prompts.encode` makes
+them for the region being run (all zeros: the automatic mode).  The
+probability graph of a bioimage.io package is the automatic mode only (no
+``guidance`` input).  Outputs, depending on the task:
 
 - ``mask_logits`` ``(batch, 1, height, width)`` (tasks both, seg);
 - ``class_logits`` ``(batch, num_classes)`` (tasks both, cls).
@@ -51,6 +57,7 @@ DEFAULT_OPSET = 17
 META_KEY = "mtunet"
 GRAPH_HASH_KEY = "graph_sha256"
 INPUT_NAME = "image"
+GUIDANCE_NAME = "guidance"
 #: output name -> ModelOutput field
 LOGIT_OUTPUTS = {"mask_logits": "seg", "class_logits": "cls"}
 PROBABILITY_OUTPUTS = {"mask_probability": "seg", "class_probabilities": "cls"}
@@ -74,6 +81,11 @@ def input_channels(config: Any) -> int:
     return int(getattr(config, "input_channels", config.in_channels))
 
 
+def has_guidance_input(config: Any, probabilities: bool = False) -> bool:
+    """Whether the graph takes the ``guidance`` input (interactive models; not the probability graph)."""
+    return bool(getattr(config, "prompts", False)) and not probabilities
+
+
 def output_names(task: str, probabilities: bool = False) -> list[str]:
     """The graph's output names for a task (``both``: mask then class)."""
     seg, cls = ("mask_probability", "class_probabilities") if probabilities else ("mask_logits", "class_logits")
@@ -82,7 +94,11 @@ def output_names(task: str, probabilities: bool = False) -> list[str]:
 
 def io_spec(config: Any, probabilities: bool = False) -> tuple[list[TensorIO], list[TensorIO]]:
     """``(inputs, outputs)`` of the graph of a model with this :class:`~napari_mtunet.config.ModelConfig`."""
-    inputs = [TensorIO(INPUT_NAME, ("batch", input_channels(config), "height", "width"))]
+    from ..config import IMAGE_CHANNELS
+
+    inputs = [TensorIO(INPUT_NAME, ("batch", IMAGE_CHANNELS, "height", "width"))]
+    if has_guidance_input(config, probabilities):
+        inputs.append(TensorIO(GUIDANCE_NAME, ("batch", input_channels(config) - IMAGE_CHANNELS, "height", "width")))
     outputs = []
     for name in output_names(config.task, probabilities):
         if name.startswith("mask"):
@@ -93,6 +109,7 @@ def io_spec(config: Any, probabilities: bool = False) -> tuple[list[TensorIO], l
 
 
 def _graph_module(net: nn.Module, probabilities: bool) -> nn.Module:
+    import torch
     from torch import nn
 
     class Graph(nn.Module):
@@ -102,8 +119,8 @@ def _graph_module(net: nn.Module, probabilities: bool) -> nn.Module:
             super().__init__()
             self.net = net
 
-        def forward(self, image):
-            out = self.net(image)
+        def forward(self, image, guidance=None):
+            out = self.net(image if guidance is None else torch.cat([image, guidance], dim=1))
             res = []
             if out.seg is not None:
                 res.append(out.segmentation_probabilities() if probabilities else out.seg)
@@ -114,7 +131,7 @@ def _graph_module(net: nn.Module, probabilities: bool) -> nn.Module:
     return Graph().eval()
 
 
-def export_graph(graph: nn.Module, path: Path, example: torch.Tensor, inputs: list[TensorIO],
+def export_graph(graph: nn.Module, path: Path, example: tuple[torch.Tensor, ...], inputs: list[TensorIO],
                  outputs: list[TensorIO], opset: int) -> None:
     """Trace ``graph`` into ``path``: TorchScript exporter first, torch.export-based one as fallback.
 
@@ -133,7 +150,7 @@ def export_graph(graph: nn.Module, path: Path, example: torch.Tensor, inputs: li
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                graph, (example,), str(path), input_names=in_names, output_names=names,
+                graph, tuple(example), str(path), input_names=in_names, output_names=names,
                 opset_version=opset, dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False,
             )
             return
@@ -141,9 +158,9 @@ def export_graph(graph: nn.Module, path: Path, example: torch.Tensor, inputs: li
             errors.append(f"TorchScript exporter: {type(exc).__name__}: {str(exc)[:300]}")
         try:
             dims = {n: torch.export.Dim(n) for n in DYNAMIC}
-            shapes = ({i: dims[d] for i, d in enumerate(inputs[0].dims) if isinstance(d, str)},)
+            shapes = tuple({i: dims[d] for i, d in enumerate(t.dims) if isinstance(d, str)} for t in inputs)
             torch.onnx.export(
-                graph, (example,), str(path), input_names=in_names, output_names=names,
+                graph, tuple(example), str(path), input_names=in_names, output_names=names,
                 opset_version=max(opset, 18), dynamic_shapes=shapes,
                 dynamo=True, external_data=False, verbose=False,
             )
@@ -173,8 +190,11 @@ def metadata_props(info: Any, probabilities: bool, proto: onnx.ModelProto) -> di
         "task": cfg.task,
         "outputs": "probabilities" if probabilities else "logits",
         "input": (
-            f"float32 in [0, 1], NCHW with {input_channels(cfg)} channels; height and width multiples of "
+            f"image: float32 in [0, 1], NCHW with 3 channels; height and width multiples of "
             f"{2 ** int(cfg.encoder_depth)}; normalisation (mean/std) is inside the graph"
+            + ("; guidance: float32 NCHW, the same height and width, channels positive clicks, negative clicks, "
+               "previous mask, box (disks/masks of 0/1 in the image region being run; all zeros = automatic mode)"
+               if has_guidance_input(cfg, probabilities) else "")
         ),
         "mean": json.dumps(list(info.preprocessing.mean)),
         "std": json.dumps(list(info.preprocessing.std)),
@@ -211,12 +231,15 @@ def verify_against_torch(onnx_file: Path | bytes, model: nn.Module, *, probabili
 
     stride = int(model.output_stride)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(2, input_channels(model.config), 2 * stride, 3 * stride, generator=gen)
+    inputs, _ = io_spec(model.config, probabilities)
+    sizes = {"batch": 2, "height": 2 * stride, "width": 3 * stride}
+    xs = [(torch.rand(t.concrete(sizes), generator=gen) > 0.8).float() if t.name == GUIDANCE_NAME
+          else torch.rand(t.concrete(sizes), generator=gen) for t in inputs]
     graph = _graph_module(model, probabilities)
     with torch.inference_mode():
-        ref = [t.numpy() for t in graph(x)]
+        ref = [t.numpy() for t in graph(*xs)]
     sess = session(onnx_file, threads=1)
-    got = sess.run(None, {INPUT_NAME: x.numpy()})
+    got = sess.run(None, {t.name: x.numpy() for t, x in zip(inputs, xs)})
     worst = 0.0
     names = [o.name for o in sess.get_outputs()]
     if len(names) != len(ref):
@@ -240,7 +263,8 @@ def onnx_file_for(model: nn.Module, info: Any, path: Path, *, opset: int = DEFAU
     net = copy.deepcopy(getattr(model, "module", model)).to("cpu", torch.float32).eval()
     stride = int(net.output_stride)
     inputs, outputs = io_spec(net.config, probabilities)
-    example = torch.rand(1, input_channels(net.config), 2 * stride, 2 * stride)
+    sizes = {"batch": 1, "height": 2 * stride, "width": 2 * stride}
+    example = tuple(torch.rand(t.concrete(sizes)) for t in inputs)
     export_graph(_graph_module(net, probabilities), path, example, inputs, outputs, opset)
     attach_metadata(path, info, probabilities)
     if verify:

@@ -18,9 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..config import IMAGE_CHANNELS
 from .errors import ModelFileError, OnnxModelError
 from .onnx_file import VerifiedGraph, check_outputs, read_onnx_bytes, verify_onnx
-from .onnx_graph import DEFAULT_OPSET, INPUT_NAME, LOGIT_OUTPUTS, onnx_file_for, verify_against_torch
+from .onnx_graph import (DEFAULT_OPSET, GUIDANCE_NAME, INPUT_NAME, LOGIT_OUTPUTS, has_guidance_input, onnx_file_for,
+                         verify_against_torch)
 from .onnx_session import onnxruntime_providers, session  # noqa: F401 - re-exported
 
 
@@ -75,7 +79,12 @@ class OnnxRuntimeModel:
         from ..model import ModelOutput
 
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        outs = self.session.run(self._names, {INPUT_NAME: x})
+        feeds = {INPUT_NAME: np.ascontiguousarray(x[:, :IMAGE_CHANNELS])}
+        if has_guidance_input(self.config):  # an interactive graph: the prompt channels, zeros when none
+            g = x[:, IMAGE_CHANNELS:]
+            feeds[GUIDANCE_NAME] = np.ascontiguousarray(g) if g.shape[1] else np.zeros(
+                (x.shape[0], self.config.guidance_channels, *x.shape[2:]), np.float32)
+        outs = self.session.run(self._names, feeds)
         sizes = {"batch": x.shape[0], "height": x.shape[2], "width": x.shape[3]}
         check_outputs(outs, self._outputs, sizes, self.where)
         got = {f: torch.from_numpy(o) for f, o in zip(self._fields, outs)}
