@@ -28,7 +28,7 @@ def test_manifest_contributions_are_discovered():
     pm.discover()
     mf = pm.get_manifest("napari-mtunet")
     widgets = {w.display_name for w in mf.contributions.widgets}
-    assert widgets == {"Dataset", "Train", "Predict", "Annotate & fine-tune"}
+    assert widgets == {"Dataset", "Train", "Predict", "Annotate & fine-tune", "Segment object"}
     assert {s.key for s in mf.contributions.sample_data} == {"phantom", "phantom_single"}
     # one reader, for checkpoints; no folder reader and no writer (see napari.yaml and test_napari_citizen.py)
     assert [(r.command, r.filename_patterns, r.accepts_directories) for r in mf.contributions.readers] == [
@@ -37,9 +37,10 @@ def test_manifest_contributions_are_discovered():
     assert not mf.contributions.writers
     menus = {menu: [item.command for item in items] for menu, items in mf.contributions.menus.items()}
     assert menus == {
-        "napari/layers/segment": ["napari-mtunet.predict_widget", "napari-mtunet.train_widget"],
+        "napari/layers/segment": ["napari-mtunet.predict_widget", "napari-mtunet.segment_widget",
+                                  "napari-mtunet.train_widget"],
         "napari/layers/classify": ["napari-mtunet.predict_widget", "napari-mtunet.train_widget"],
-        "napari/layers/annotate": ["napari-mtunet.annotate_widget"],
+        "napari/layers/annotate": ["napari-mtunet.annotate_widget", "napari-mtunet.segment_widget"],
         "napari/file/io_utilities": ["napari-mtunet.dataset_widget"],
     }
     # every command is reachable from napari: a widget, the reader or a sample
@@ -61,7 +62,7 @@ def test_plugin_appears_in_plugins_menu(make_napari_viewer):
         texts.append(action.text())
     joined = " | ".join(texts).replace("&&", "&")  # Qt escapes "&" in menu texts
     assert "MTUNet classify and segment" in joined
-    assert "Predict" in joined and "Annotate & fine-tune" in joined, joined
+    assert "Predict" in joined and "Annotate & fine-tune" in joined and "Segment object" in joined, joined
 
 
 @pytest.mark.gui
@@ -72,6 +73,7 @@ def test_plugin_appears_in_plugins_menu(make_napari_viewer):
         ("layers_menu", ("Segment", "Train (MTUNet classify and segment)"), "TrainWidget"),
         ("layers_menu", ("Classify", "Predict (MTUNet classify and segment)"), "PredictWidget"),
         ("layers_menu", ("Annotate", "Annotate & fine-tune (MTUNet classify and segment)"), "AnnotateWidget"),
+        ("layers_menu", ("Segment", "Segment object (MTUNet classify and segment)"), "SegmentWidget"),
         ("file_menu", ("IO Utilities", "Dataset (MTUNet classify and segment)"), "DatasetWidget"),
     ],
 )

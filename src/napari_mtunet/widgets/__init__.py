@@ -3,7 +3,9 @@
 - :class:`DatasetWidget`: inspect a dataset folder, preview samples, choose the split;
 - :class:`TrainWidget`: train with live progress, plots and a Stop button;
 - :class:`PredictWidget`: predict a layer / all layers / a folder into Labels layers; export the model;
-- :class:`AnnotateWidget`: correct, confirm the class, add to a training set, fine-tune.
+- :class:`AnnotateWidget`: correct, confirm the class, add to a training set, fine-tune;
+- :class:`SegmentWidget`: clicks and a box -> one object's mask and class (an interactive model) -> committed
+  objects, one label each -> the training set.
 
 The widgets run every job in the compute process (:mod:`napari_mtunet.compute`): napari's process never
 imports torch.  Modules, one job each: ``_job`` (the job lifecycle and the dock's settings / watched
@@ -21,7 +23,7 @@ from .._triton import guard_triton
 guard_triton()  # napari's process never imports torchvision; if anything does, triton stays out of it
 
 _WIDGETS = {"AnnotateWidget": "annotate", "DatasetWidget": "dataset", "PredictWidget": "predict",
-            "TrainWidget": "train"}
+            "SegmentWidget": "segment", "TrainWidget": "train"}
 
 __all__ = list(_WIDGETS)
 
