@@ -344,3 +344,41 @@ def test_annotate_errors_are_notified(make_napari_viewer, qtbot, tmp_path, error
     assert "no samples yet" in errors[-1]
     assert w.worker is None and w.add_button.isEnabled()
     assert not (tmp_path / "set").exists()
+
+
+def test_finetune_adapts_to_a_folder_and_the_open_image_layers(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path,
+                                                               errors, no_traceback):
+    """"Adapt to": uncorrected images of the same scanner (a folder, and every slice of the open image layers)
+    go to fine-tuning; the child records what it was adapted to; the verdict on held-back corrections is shown."""
+    from PIL import Image
+
+    from napari_mtunet.checkpoint import read_metadata
+    from napari_mtunet.sample_data import make_phantom, write_phantom_dataset
+    from napari_mtunet.widgets import AnnotateWidget
+
+    viewer = make_napari_viewer()
+    ph = make_phantom(n=3, size=64, seed=7)
+    viewer.add_image(ph.images, name="scan")
+    root = write_phantom_dataset(tmp_path / "corrections", n=6, size=64, seed=8)
+    folder = tmp_path / "uncorrected"
+    folder.mkdir()
+    for i, img in enumerate(make_phantom(n=4, size=64, seed=9).images):
+        Image.fromarray((np.asarray(img, float) * 0.6).astype(np.uint8)).save(folder / f"u{i}.png")
+    w = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.dataset_root.value = str(root)
+    w.checkpoint.value = str(tiny_checkpoint)
+    w.device.setCurrentText("cpu")
+    w.adapt_folder.value = str(tmp_path / "missing")
+    click(qtbot, w.finetune_button)  # a folder that does not exist: one clear error, nothing started
+    assert len(errors) == 1 and "missing" in errors[0] and "not a folder" in errors[0] and not w.busy
+    errors.clear()
+    w.adapt_folder.value = str(folder)
+    w.adapt_layers.setChecked(True)
+    click(qtbot, w.finetune_button)
+    wait_idle(qtbot, w, timeout=900_000)
+    assert errors == [], errors
+    adapted = read_metadata(w.child_checkpoint)["training"]["finetune"]["adapted_to"]
+    assert adapted["n_unlabelled"] == 4 + 3  # the folder's images and the layer's slices
+    assert str(folder) in adapted["source"] and "3 image(s) of 1 open layer(s)" in adapted["source"]
+    assert "held-back correction" in w.metrics_label.plain_text()

@@ -140,11 +140,13 @@ class FinetuneSummary:
 
 
 def finetune(checkpoint: str, dataset: str, out_dir: str | os.PathLike, config: Any,
-             cancel: Any = None) -> Iterator[Any]:
-    """:func:`~napari_mtunet.workflows.iter_finetune`, returning a :class:`FinetuneSummary`."""
+             cancel: Any = None, unlabelled: Any = None, unlabelled_name: str | None = None) -> Iterator[Any]:
+    """:func:`~napari_mtunet.workflows.iter_finetune`, returning a :class:`FinetuneSummary`.  ``unlabelled``:
+    uncorrected images of the same scanner (a folder and/or arrays of open image layers)."""
     from .workflows import iter_finetune
 
-    outcome = yield from iter_finetune(checkpoint, dataset, out_dir, config=config, cancel=cancel)
+    outcome = yield from iter_finetune(checkpoint, dataset, out_dir, config=config, cancel=cancel,
+                                       unlabelled=unlabelled or None, unlabelled_name=unlabelled_name)
     if outcome is None:
         return None
     return FinetuneSummary(child=str(outcome.child) if outcome.child is not None else None,

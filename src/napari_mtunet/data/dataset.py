@@ -292,7 +292,7 @@ class UnlabelledDataset(Dataset):
     def __init__(self, images: Sequence[Any], preprocessing: Preprocessing, names: Sequence[str] | None = None):
         self.images = list(images)
         self.names = list(names) if names is not None else [
-            str(im) if isinstance(im, (str, os.PathLike)) else f"image {i}" for i, im in enumerate(self.images)]
+            str(im) if isinstance(im, (str, os.PathLike)) else f"image array {i}" for i, im in enumerate(self.images)]
         self.preprocessing = preprocessing
         self.transform = JointTransform(preprocessing, None, False)
         self._cache: list[torch.Tensor | None] = [None] * len(self.images)

@@ -32,7 +32,7 @@ from ..config import FinetuneConfig
 from ..workflows.annotate import PairingError, check_pairing, sample_items, unconfirmed
 from ._controls import DeviceCombo, LayerCombo, PathEdit, StatusLabel, WrapLabel, combo
 from ._job import JobWidget
-from ._layers import bring_up, covering_images, current_slice, layer_array, layer_record
+from ._layers import bring_up, covering_images, current_slice, layer_array, layer_kind, layer_record
 from .predict import MODEL_FILTER
 
 JOBS = "napari_mtunet.jobs"
@@ -74,6 +74,11 @@ class AnnotateWidget(JobWidget):
         self.added_label = StatusLabel("No samples added yet")
 
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model to fine-tune (default: the one that predicted)")
+        self.adapt_folder = PathEdit("dir", placeholder="optional: uncorrected images of the same scanner")
+        self.adapt_folder.setToolTip("Images of the same scanner that you have not corrected (no labels needed): "
+                                     "the model adapts its statistics to them")
+        self.adapt_layers = QCheckBox("and the open image layers")
+        self.adapt_layers.setToolTip("Also adapt to every image layer open in napari (each slice of a stack)")
         self.device = DeviceCombo()
         self.finetune_button = QPushButton("Fine-tune")
         self.progress = QProgressBar()
@@ -110,6 +115,8 @@ class AnnotateWidget(JobWidget):
         ft = QGroupBox("Fine-tune")
         f = QFormLayout(ft)
         f.addRow("Model", self.checkpoint)
+        f.addRow("Adapt to", self.adapt_folder)
+        f.addRow("", self.adapt_layers)
         f.addRow("Device", self.device)
         cfg = FinetuneConfig()
         f.addRow(WrapLabel(
@@ -405,14 +412,40 @@ class AnnotateWidget(JobWidget):
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out = Path(root) / "models" / f"finetune-{stamp}"
             cfg = FinetuneConfig(device=self.device.currentText())
+            unlabelled, name = self._uncorrected_images()
         except Exception as exc:  # noqa: BLE001
             self.fail(exc, "Cannot fine-tune")
             return None
         self.metrics = None
         self.metrics_label.setText("")
         self.progress.setValue(0)
-        return self.start_job(f"{JOBS}:finetune", ckpt, root, str(out), cfg, context="Fine-tuning failed",
-                              cancellable=True, on_event=self._on_event, on_result=self._finetuned)
+        return self.start_job(f"{JOBS}:finetune", ckpt, root, str(out), cfg, unlabelled=unlabelled,
+                              unlabelled_name=name, context="Fine-tuning failed", cancellable=True,
+                              on_event=self._on_event, on_result=self._finetuned)
+
+    def _uncorrected_images(self) -> tuple[list[Any], str | None]:
+        """What "Adapt to" names: the folder, and/or every slice of the open image layers."""
+        from ..preprocess import split_stack
+
+        items: list[Any] = []
+        names: list[str] = []
+        folder = self.adapt_folder.value
+        if folder:
+            if not Path(folder).is_dir():
+                raise ValueError(f"'Adapt to': {folder} is not a folder")
+            items.append(folder)
+            names.append(folder)
+        if self.adapt_layers.isChecked():
+            layers = [lay for lay in self.viewer.layers if layer_kind(lay) == "image"]
+            n = 0
+            for lay in layers:
+                slices, _ = split_stack(np.asarray(lay.data), rgb=bool(getattr(lay, "rgb", False)))
+                items.extend(slices)
+                n += len(slices)
+            if not n:
+                raise ValueError("'and the open image layers' is ticked, but no image layer is open")
+            names.append(f"{n} image(s) of {len(layers)} open layer(s)")
+        return items, ", ".join(names) or None
 
     def _on_event(self, ev: Any) -> None:
         if ev.kind == "batch_end":

@@ -65,20 +65,58 @@ class FinetuneOutcome:
                     vals.append(f"{label} {m['before'][key]:.3f} → {m['after'][key]:.3f}")
             if vals:
                 parts.append(f"{where} (n={int(m['after']['n'])}): " + ", ".join(vals))
-        return "; ".join(parts)
+        verdict = self.verdict()
+        return "; ".join(parts) + (f". {verdict}" if verdict else "")
+
+    def verdict(self) -> str:
+        """Whether fine-tuning helped on the held-back corrections, said with its uncertainty: the paired
+        per-image Dice change (child - base) with a 95% t-interval; "too few to tell" when they are too few."""
+        m = self.metrics.get("check")
+        if not self.n_check or not m:
+            return ("No corrections were held back, so whether fine-tuning helped on this scanner cannot be "
+                    "told (give 4 or more corrections to hold some back)")
+        d = paired_change(m["before"].get("dice_per_image"), m["after"].get("dice_per_image"))
+        if d is None:
+            return ""
+        mean, lo, hi, n = d
+        ci = f"Dice change on the {n} held-back correction(s) {mean:+.3f}"
+        if n < 3 or not np.isfinite(lo):
+            return f"{ci}: too few held-back corrections to tell whether it helped"
+        ci += f" [95% CI {lo:+.3f}, {hi:+.3f}]"
+        if lo > 0:
+            return f"{ci}: it helped"
+        if hi < 0:
+            return f"{ci}: it made things worse; keep the base model"
+        return f"{ci}: no clear change"
 
 
-def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) -> dict[str, float]:
+def paired_change(before: Any, after: Any) -> tuple[float, float, float, int] | None:
+    """Mean of ``after - before`` (per image) with a 95% t-interval (NaN bounds for fewer than 2 images)."""
+    if before is None or after is None or len(before) != len(after) or not len(before):
+        return None
+    from scipy import stats
+
+    d = np.asarray(after, float) - np.asarray(before, float)
+    n = len(d)
+    if n < 2:
+        return float(d.mean()), float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half), n
+
+
+def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) -> dict[str, Any]:
     """Per-image Dice (mean) and class accuracy of ``model`` on ``dataset`` (items with masks / labels)."""
     from ..training import predict_dataset
     from ..training.metrics import balanced_accuracy, dice_iou_per_image, pooled_dice, seg_sums
 
     preds = predict_dataset(model, dataset, device=device, postprocessing=postprocessing)
-    out: dict[str, float] = {"n": float(len(preds.labels))}
+    out: dict[str, Any] = {"n": float(len(preds.labels))}
     if preds.pred_masks is not None and preds.has_mask.any():
         sel = preds.has_mask
         pm, tm = preds.pred_masks[sel], preds.true_masks[sel]
-        out["dice"] = float(dice_iou_per_image(pm, tm)[0].mean())
+        per_image = dice_iou_per_image(pm, tm)[0]
+        out["dice"] = float(per_image.mean())
+        out["dice_per_image"] = [float(v) for v in per_image]  # (paired before/after changes)
         # pooled over all pixels: stable on a handful of images, where one empty mask flips a per-image Dice 0 <-> 1
         out["dice_pooled"] = pooled_dice(*seg_sums(pm, tm))
     if preds.probabilities is not None and preds.has_label.any():
@@ -121,35 +159,39 @@ def _replay_source(run: RunConfig, replay: str | os.PathLike | None, class_names
     return loaded, idx["train"], held
 
 
-def _unlabelled_files(unlabelled: Any) -> list[Path] | None:
-    """The image files of ``unlabelled`` when it names files or folders (None for arrays or nothing); raises a
-    :class:`FinetuneError` naming a folder without images or a missing path."""
+def _unlabelled_items(unlabelled: Any) -> list[Any] | None:
+    """The uncorrected images: files (folders expanded, masks and output folders skipped) and arrays, in
+    order; None when there are none.  Raises a :class:`FinetuneError` naming a folder without images or a
+    missing path (before anything is loaded)."""
     if unlabelled is None:
         return None
-    items = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else list(unlabelled)
-    if not items or not all(isinstance(p, (str, os.PathLike)) for p in items):
-        return None
-    from .predict import expand_inputs
+    items = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) or hasattr(unlabelled, "ndim") \
+        else list(unlabelled)
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            from .predict import expand_inputs
 
-    try:
-        return expand_inputs(items)
-    except ValueError as exc:
-        raise FinetuneError(f"unlabelled images: {exc}") from None
+            try:
+                out.extend(expand_inputs([item]))
+            except ValueError as exc:
+                raise FinetuneError(f"uncorrected images: {exc}") from None
+        else:
+            arr = np.asarray(item)
+            if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+                raise FinetuneError(f"uncorrected images: expected 2-D images, got an array of shape {arr.shape}")
+            out.append(arr)
+    return out or None
 
 
-def _unlabelled_images(unlabelled: Any, files: list[Path] | None, name: str | None,
-                       preprocessing: Any) -> tuple[Any, str | None]:
-    """(UnlabelledDataset or None, a description of where the images came from)."""
-    from ..data.dataset import UnlabelledDataset
-
-    if files is not None:
-        items = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else list(unlabelled)
-        return UnlabelledDataset(files, preprocessing), name or ", ".join(str(Path(p)) for p in items)
-    arrays = list(unlabelled or ())
-    if not arrays:
-        return None, None
-    return UnlabelledDataset(arrays, preprocessing, names=[f"{name or 'array'} {i}" for i in range(len(arrays))]), \
-        name or f"{len(arrays)} image array(s)"
+def _describe_unlabelled(unlabelled: Any, items: list[Any], name: str | None) -> str:
+    if name:
+        return name
+    given = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) or hasattr(unlabelled, "ndim") \
+        else list(unlabelled)
+    paths = [str(Path(p)) for p in given if isinstance(p, (str, os.PathLike))]
+    n_arrays = sum(1 for i in items if not isinstance(i, (str, os.PathLike, Path)))
+    return ", ".join(paths + ([f"{n_arrays} image array(s)"] if n_arrays else []))
 
 
 def _adapt_batchnorm(model: Any, new_domain: list[Any], old_domain: Any, device: Any, seed: int) -> int:
@@ -228,7 +270,7 @@ def iter_finetune(
     unl_paths = [unlabelled] if isinstance(unlabelled, (str, os.PathLike)) else [
         p for p in (unlabelled or ()) if isinstance(p, (str, os.PathLike))]
     check_output_dir(out_dir, [p for p in (dataset, replay) if p] + unl_paths, what="output folder of the fine-tuning")
-    unl_files = _unlabelled_files(unlabelled)
+    unl_items = _unlabelled_items(unlabelled)
     with RunFolder(out_dir) as folder:
         if folder.checkpoints():
             raise RunFolderError(f"{folder.path} already holds checkpoints; choose another output folder")
@@ -285,7 +327,12 @@ def iter_finetune(
         yield Status(f"Scoring {info.name} before fine-tuning …")
         pp = info.postprocessing  # the child inherits its parent's post-processing
         before = {k: scores(model, ds, device, pp) for k, ds in checks.items() if ds is not None and len(ds)}
-        unl, unl_source = _unlabelled_images(unlabelled, unl_files, unlabelled_name, pre)
+        unl = unl_source = None
+        if unl_items:
+            from ..data.dataset import UnlabelledDataset
+
+            unl = UnlabelledDataset(unl_items, pre)
+            unl_source = _describe_unlabelled(unlabelled, unl_items, unlabelled_name)
         adapted = {"source": unl_source, "n_unlabelled": len(unl) if unl is not None else 0,
                    "n_corrections": n_new, "adapt_bn": cfg.adapt_bn}
         if cfg.adapt_bn != "keep":
