@@ -239,3 +239,46 @@ def test_evaluate_interactive_refuses_a_model_without_prompts(tmp_path, busi_roo
     code = main(["evaluate", str(path), str(busi_root), "--interactive"])
     err = capsys.readouterr().err
     assert code == 1 and "trained without prompts" in err and "Traceback" not in err
+
+
+def test_a_mask_cut_by_the_region_edge_grows_the_region_and_runs_again():
+    """When the object reaches the edge of the region that was run, the region grows around the mask (at most
+    twice); with InteractiveConfig.grow_region off it does not."""
+    from dataclasses import replace
+
+    from napari_mtunet.inference import GROW_PASSES, Predictor, touches_region_edge
+    from napari_mtunet.model import ModelOutput
+
+    m = np.zeros((100, 100), bool)
+    m[40:60, 40:60] = True
+    assert not touches_region_edge(m, (30, 30, 70, 70))
+    assert touches_region_edge(m, (45, 30, 70, 70))  # cut at the top
+    assert touches_region_edge(m, (40, 40, 100, 100))  # its top and left edges lie inside the image
+    full = np.ones((100, 100), bool)
+    assert not touches_region_edge(full, (0, 0, 100, 100))  # the image's own edges do not count
+
+    model = _model(True)
+    calls = []
+
+    class Everything(torch.nn.Module):  # the network says "lesion" everywhere: the mask always reaches the edge
+        def __init__(self):
+            super().__init__()
+            self.net = model
+            self.config, self.preprocessing, self.output_stride = model.config, model.preprocessing, 32
+
+        def forward(self, x):
+            calls.append(x.shape)
+            out = model(x)
+            return ModelOutput(torch.full_like(out.seg, 10.0), out.cls)
+
+    p = Predictor(model)
+    p.model = Everything()
+    image = np.random.default_rng(0).integers(0, 255, (400, 600), dtype=np.uint8)
+    pred = p.predict(image, box=(180, 280, 220, 320))
+    assert len(calls) == 1 + GROW_PASSES
+    r0, c0, r1, c1 = pred.region
+    assert (r1 - r0) > 100 and (c1 - c0) > 100  # grown from the box's region
+    calls.clear()
+    p.interactive = replace(p.interactive, grow_region=False)
+    p.predict(image, box=(180, 280, 220, 320))
+    assert len(calls) == 1

@@ -53,6 +53,7 @@ MAX_CHANNELS = 2048
 MAX_IMAGE_SIZE = 4096
 MAX_EPOCHS = 100_000
 MAX_BATCH = 65_536
+MAX_LAYOUT_OPTIONS = 32
 
 #: Monitorable quantities and whether lower is better; the heads each needs.
 MONITORS: dict[str, str] = {
@@ -73,6 +74,8 @@ _MONITOR_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 T = TypeVar("T")
+#: A value of a layout reader's option (``DataConfig.layout_options``).
+LayoutOption = Union[int, float, str, bool, None]
 
 
 class ConfigError(ValueError):
@@ -101,6 +104,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
+    if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             return False
@@ -167,6 +173,8 @@ class _Dict:
                 v = list(v)
             elif isinstance(v, list):
                 v = list(v)
+            elif isinstance(v, dict):
+                v = dict(v)
             out[f.name] = v
         return out
 
@@ -379,9 +387,13 @@ class DataConfig(_Dict):
     balanced_sampling: bool = False
     max_samples: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    #: Options of the layout reader, e.g. PANDA's ``{"level": 1, "patch_size": 256}`` (the CLI's
+    #: ``--layout-option level=1``); the reader refuses options it does not take, naming those it does.
+    layout_options: dict[str, LayoutOption] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.augment = AugmentConfig.from_dict(self.augment)
+        self.layout_options = _layout_options(self.layout_options)
         for name in ("val_fraction", "test_fraction"):
             v = _finite(name, getattr(self, name))
             if not 0.0 <= v < 1.0:
@@ -399,10 +411,31 @@ class DataConfig(_Dict):
         if int(self.seed) < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not out["layout_options"]:  # saved only when set: runs without them read as before in older versions
+            del out["layout_options"]
+        return out
+
     @property
     def holds_out(self) -> bool:
         """Whether this config carves any validation or test images out of the dataset."""
         return self.val_fraction > 0 or self.test_fraction > 0 or self.fold is not None or bool(self.split_file)
+
+
+def _layout_options(options: Any) -> dict[str, LayoutOption]:
+    if not isinstance(options, dict) or not _type_ok(options, dict[str, LayoutOption]):
+        raise ConfigError(f"layout_options must map option names to numbers, text or true/false, got {options!r:.80}")
+    if len(options) > MAX_LAYOUT_OPTIONS:
+        raise ConfigError(f"layout_options: at most {MAX_LAYOUT_OPTIONS} options, got {len(options)}")
+    for name, value in options.items():
+        if not name.isidentifier():
+            raise ConfigError(f"layout_options: {escape(name[:60])!r} is not an option name (letters, digits, _)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"layout_options: {name} must be finite, got {value}")
+        if isinstance(value, str) and len(value) > MAX_NAME_CHARS:
+            raise ConfigError(f"layout_options: {name} is longer than {MAX_NAME_CHARS} characters")
+    return dict(options)
 
 
 @dataclass
@@ -602,7 +635,7 @@ class InteractiveConfig(_Dict):
     _where = "interactive config"
 
     #: Prompted training views per image and epoch (0 = none: prompts never trained).
-    prompted_per_image: float = 1.0
+    prompted_per_image: float = 2.0
     #: Share of the prompted views prompted by a (jittered) box; the rest by clicks.
     box_share: float = 0.4
     #: Share of the click views that show the whole image with first click(s) only (no previous mask).
@@ -610,7 +643,7 @@ class InteractiveConfig(_Dict):
     #: Share of the zoomed click views whose previous mask is a corrupted copy of the truth (grown, shrunk,
     #: shifted, cut, a false blob, far too large) with the clicks a user puts on its errors: they teach the
     #: network to follow clicks against a wrong previous mask, at no extra forward pass.
-    synthetic_share: float = 0.5
+    synthetic_share: float = 0.6
     #: Simulated corrective clicks per prompted view: 0..max_iterations, each after a no-gradient pass.
     max_iterations: int = 3
     #: Box sides moved by up to this fraction of the box size (a user's box is not exact).
@@ -629,6 +662,9 @@ class InteractiveConfig(_Dict):
     #: Prediction: clicked pixels end on the clicked side (positive inside the mask, negative outside) and
     #: only the parts of the mask the prompts point at are kept.
     enforce_clicks: bool = True
+    #: Prediction: when the mask reaches the edge of the region that was run (and the image goes on), the
+    #: region grows around the mask and is run again (at most twice).
+    grow_region: bool = True
     #: Prediction: a box prompt without a previous mask starts from the ellipse inscribed in the box (training
     #: shows half the box views that way), so the network corrects a good guess instead of starting empty.
     box_prior: bool = True

@@ -56,6 +56,19 @@ MODES = ("auto", "resize", "native", "tiled")
 BACKENDS = ("torch", "onnxruntime")
 
 
+#: Prompted prediction: extra passes over a grown region when the mask reaches the edge of the region run.
+GROW_PASSES = 2
+
+
+def touches_region_edge(mask: np.ndarray, region: tuple[int, int, int, int]) -> bool:
+    """Whether ``mask`` reaches an edge of ``region`` that is not an edge of the image."""
+    h, w = mask.shape[:2]
+    r0, c0, r1, c1 = region
+    sides = ((r0 > 0, mask[r0, c0:c1]), (r1 < h, mask[r1 - 1, c0:c1]),
+             (c0 > 0, mask[r0:r1, c0]), (c1 < w, mask[r0:r1, c1 - 1]))
+    return any(inner and bool(np.any(edge)) for inner, edge in sides)
+
+
 class NonFiniteOutputError(ValueError):
     """The network's outputs hold NaN or infinity: no class or mask is reported from them."""
 
@@ -498,7 +511,19 @@ class Predictor:
                 return self._prompted_result(first, return_probability)
             prompts = prompts.with_mask(first.mask)
         region = zoom_region(arr.shape[:2], prompts.extent(), margin=cfg.zoom_margin, min_zoom=cfg.min_zoom)
-        return self._prompted_result(self._prompted_pass(arr, conv, prompts, region), return_probability)
+        pred = self._prompted_pass(arr, conv, prompts, region)
+        for _ in range(GROW_PASSES if cfg.grow_region else 0):
+            # The object reaches the edge of the region that was run (and the image goes on): run a region
+            # grown around the mask so far, with the same prompts.
+            if not touches_region_edge(pred.mask, region):
+                break
+            grown = zoom_region(arr.shape[:2], prompts.with_mask(pred.mask > 0).extent(), margin=cfg.zoom_margin,
+                                min_zoom=cfg.min_zoom)
+            if grown == region:
+                break
+            region = grown
+            pred = self._prompted_pass(arr, conv, prompts, region)
+        return self._prompted_result(pred, return_probability)
 
     def _prompted_pass(self, arr: np.ndarray, conv: _Converter, prompts: Prompts, region: Region) -> Prediction:
         """One forward pass over ``region`` with the prompts' guidance channels; the mask at the image's size."""

@@ -441,15 +441,16 @@ def training_view(truth: np.ndarray, rng: np.random.Generator, cfg: InteractiveC
 
 def corrupt_mask(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A wrong previous mask for ``truth``, as a model might give: grown, shrunk, shifted, cut by a line,
-    with a false blob beside it, or far too large (one or two of these at random)."""
+    with a false blob beside it, far too large, or clipped by the edge of a region too small for the object
+    (one or two of these at random)."""
     from scipy import ndimage as ndi
 
     m = np.asarray(truth, bool).copy()
     r0, c0, r1, c1 = bbox(m)
     size = max(r1 - r0, c1 - c0)
     h, w = m.shape
-    kinds = rng.choice(["grow", "shrink", "shift", "cut", "blob", "huge"], size=int(rng.integers(1, 3)),
-                       replace=False, p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.1])
+    kinds = rng.choice(["grow", "shrink", "shift", "cut", "blob", "huge", "clipped"], size=int(rng.integers(1, 3)),
+                       replace=False, p=[0.15, 0.15, 0.15, 0.2, 0.1, 0.1, 0.15])
     for kind in kinds:
         if not m.any():
             break
@@ -476,6 +477,15 @@ def corrupt_mask(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             m |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         elif kind == "huge":
             m = ndi.distance_transform_edt(~m) <= max(2.0, rng.uniform(0.3, 1.0) * size)
+        elif kind == "clipped":  # cut off by the edge of a region too small for the object
+            side = max(4, int(rng.uniform(0.4, 0.8) * size))
+            rr, cc = np.nonzero(m)
+            k = int(rng.integers(len(rr)))
+            top, left = int(rr[k]) - side // 2, int(cc[k]) - side // 2
+            window = np.zeros_like(m)
+            window[max(0, top):top + side, max(0, left):left + side] = True
+            clipped = m & window
+            m = clipped if clipped.any() else m
     return m
 
 
