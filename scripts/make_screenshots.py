@@ -11,6 +11,8 @@ is copied into the repository, only the PNG screenshots in docs/screenshots/.
   second run beside the first one's faded curves;
 - Predict and Annotate use ``--model`` when given (a model trained longer, e.g. with ``mtunet train``),
   else the model the Train widget just trained.  Either way it is a quick demo model, not a validated one.
+- Segment object needs an interactive model (``--segment-model``, trained with ``mtunet train ...
+  --interactive``); without one its screenshot is skipped.  ``--only segment_object`` takes it alone.
 """
 
 from __future__ import annotations
@@ -60,6 +62,10 @@ def parse_args() -> argparse.Namespace:
                    help="the BUSI image of the Predict screenshots")
     p.add_argument("--stack", nargs=4, default=["benign (67).png", "malignant (161).png", "normal (28).png",
                                                 "benign (72).png"], help="the four BUSI images of the stack")
+    p.add_argument("--segment-model", default=os.environ.get("MTUNET_SHOT_SEGMENT_MODEL"),
+                   help="an interactive model (mtunet train ... --interactive) for the Segment object screenshot")
+    p.add_argument("--segment-image", default="benign (98)", help="the BUSI image of the Segment object screenshot "
+                   "(two lesions: one is committed, the other is being segmented from a box and a click)")
     p.add_argument("--only", nargs="*", default=None, help="take only these screenshots (names without .png)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (runs, training set)")
     return p.parse_args()
@@ -130,6 +136,12 @@ def main() -> None:
             if rec is not None and rec.kind == "prediction" and rec.source_layer == image_name:
                 return lyr
         return None
+
+    if args.only is not None and set(args.only) <= {"segment_object"}:
+        wait(lambda: warm_up_done() and not state_for(viewer).overlay.prewarming, what="warm-up")
+        segment_object(viewer, busi, args, dock, wait, shot)
+        finish(viewer, work, args, messages)
+        return
 
     # 1. Dataset widget on the real BUSI subset ----------------------------------
     ds = dock("Dataset")
@@ -253,7 +265,54 @@ def main() -> None:
     pw.update_readout()
     shot("annotate_finetune")
     print("child model:", aw.child_checkpoint, "\nmetrics:", aw.metrics_label.plain_text(), flush=True)
+    viewer.window.remove_dock_widget(aw)
+    viewer.window.remove_dock_widget(pw)
+    segment_object(viewer, busi, args, dock, wait, shot)
     finish(viewer, work, args, messages)
+
+
+def segment_object(viewer, busi: Path, args: argparse.Namespace, dock, wait, shot) -> None:
+    """5. Segment object: one lesion committed from a click, the other being segmented from a box and a click."""
+    if not args.segment_model:
+        print("segment_object: skipped (no --segment-model: an interactive model is needed)", flush=True)
+        return
+    import numpy as np
+
+    from napari_mtunet.data import read_image
+    from napari_mtunet.data.io import read_mask
+    from napari_mtunet.prompts import bbox, next_click
+
+    viewer.layers.clear()
+    cls = args.segment_image.split(" (")[0]
+    image = read_image(busi / cls / f"{args.segment_image}.png")
+    lesions = [read_mask(m) > 0 for m in sorted((busi / cls).glob(f"{args.segment_image}_mask*.png"))]
+    lesions = [m for m in lesions if m.any()]
+    sw = dock("Segment object")
+    sw.checkpoint.value = str(args.segment_model)
+    viewer.add_image(image, name=args.segment_image, rgb=image.ndim == 3)
+    wait(lambda: bool(sw._layers) and sw._model_meta is not None, what="segment widget")
+    viewer.reset_view()
+    clicks, box = sw._layers["clicks"], sw._layers["box"]
+
+    def settled() -> bool:
+        s = sw._sessions.get(None)
+        return sw._in_flight is None and s is not None and s.current() is not None
+
+    first = next_click(lesions[-1], None)  # a click on the first lesion, committed
+    clicks.add([first.row, first.col])
+    wait(settled, what="first object")
+    sw.commit()
+    if len(lesions) > 1:  # the second lesion: a box, then one correcting click where the mask is most wrong
+        r0, c0, r1, c1 = bbox(lesions[0])
+        box.add_rectangles(np.array([[r0, c0], [r1 - 1, c1 - 1]]))
+        wait(settled, what="box")
+        fix = next_click(lesions[0], np.asarray(sw._layers["object"].data) > 0)
+        if fix is not None:
+            clicks.feature_defaults = {"prompt": "positive" if fix.positive else "negative"}
+            clicks.add([fix.row, fix.col])
+            wait(settled, what="correcting click")
+    sw.click_mode()
+    shot("segment_object")
 
 
 def finish(viewer, work: Path, args: argparse.Namespace, messages: list[str]) -> None:

@@ -165,8 +165,14 @@ def test_resume_keeps_the_run_settings_and_refuses_changes(trained, dataset, tmp
 
 
 def test_bad_numbers_are_refused_before_training(dataset, tmp_path, capsys):
-    for bad in (["--w-seg", "inf"], ["--max-samples", "0"], ["--image-size", "100"], ["--lr", "nan"]):
-        assert main(["train", str(dataset), "--out", str(tmp_path / "x"), *FAST, *bad]) == 1
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("mtunet: error:"), (bad, err)
+    for bad in (["--w-seg", "inf"], ["--max-samples", "0"], ["--lr", "nan"]):  # refused by the parser (usage)
+        with pytest.raises(SystemExit) as exc:
+            main(["train", str(dataset), "--out", str(tmp_path / "x"), *FAST, *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {bad[0]}" in err and bad[1] in err, (bad, err)
+    # in range for the parser, refused by the run config (a multiple of 32)
+    assert main(["train", str(dataset), "--out", str(tmp_path / "x"), *FAST, "--image-size", "100"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mtunet: error:") and "image_size" in err[0], err
     assert not (tmp_path / "x").exists()

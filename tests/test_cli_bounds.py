@@ -65,7 +65,7 @@ def test_out_of_range_values_are_refused_with_the_range(command, option, action)
     (["train", "d", "--out", "o", "--epochs", "1e9"], "--epochs"),
     (["train", "d", "--out", "o", "--lr", "0"], "--lr"),
     (["demo", "--size", "100000"], "--size"),
-    (["experiment", "d", "--ks", "5,0"], "--ks"),
+    (["experiment", "d", "--study", "finetune", "--k", "0"], "--k"),
     (["experiment", "d", "--only-folds", "0,x"], "--only-folds"),
 ])
 def test_the_command_line_says_which_option_and_exits_2(argv, option, capsys):
@@ -86,5 +86,7 @@ def test_threads_65536_no_longer_crashes_the_process():
 def test_in_range_values_still_work(tmp_path, capsys):
     assert cli.main(["--threads", "1", "info", str(tmp_path / "missing")]) == 1  # parsed; fails on the data only
     assert "missing" in capsys.readouterr().err
-    ns = cli.build_parser().parse_args(["experiment", "d", "--ks", "5, 10,20", "--only-folds", "0,2"])
-    assert ns.ks == "5,10,20" and ns.only_folds == "0,2"
+    ns = cli.build_parser().parse_args(["experiment", "d", "--study", "finetune", "--k", "5", "--draws", "3"])
+    assert ns.k == 5 and ns.draws == 3
+    ns = cli.build_parser().parse_args(["experiment", "d", "--only-folds", " 0,2"])
+    assert ns.only_folds == "0,2"

@@ -286,3 +286,31 @@ def test_class_per_folder(tmp_path):
     assert rep.layout == "folders"
     assert rep.summary.class_counts == {"cats": 3, "dogs": 3}
     assert rep.summary.n_without_mask == 6
+
+
+def test_layout_options_from_the_command_line_reach_the_reader_and_the_run_config(tmp_path, capsys):
+    import argparse
+
+    from napari_mtunet import cli
+    from napari_mtunet.config import DataConfig, RunConfig
+    from napari_mtunet.workflows import load
+
+    make_panda(tmp_path)
+    assert cli._layout_option("patch-size=64") == ("patch_size", 64)
+    assert cli._layout_option("min_tissue=0.9") == ("min_tissue", 0.9)
+    assert cli._layout_option("max_patches_per_slide=none") == ("max_patches_per_slide", None)
+    for bad in ("level", "=1", "min_tissue=inf"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._layout_option(bad)
+    args = cli.build_parser().parse_args(["train", str(tmp_path), "--out", str(tmp_path / "o"), "--layout-option",
+                                          "level=1", "--layout-option", "patch_size=32", "--layout-option",
+                                          "max_patches_per_slide=2"])
+    run = cli.run_from_args(args, RunConfig.from_preset())
+    assert run.data.layout_options == {"level": 1, "patch_size": 32, "max_patches_per_slide": 2}
+    assert RunConfig.from_dict(run.to_dict()).data.layout_options == run.data.layout_options  # saved in checkpoints
+    loaded = load(run.data)
+    assert len(loaded.samples) == 6 and all(s.level == 1 for s in loaded.samples)  # the reader got them
+    assert cli.main(["info", str(tmp_path), "--layout-option", "levels=1"]) == 1  # a typo is named, with the choices
+    err = capsys.readouterr().err
+    assert "does not accept option(s) ['levels']" in err and "'level'" in err
+    assert load(DataConfig(root=str(tmp_path), layout_options={"level": 0, "patch_size": 64})).samples[0].level == 0

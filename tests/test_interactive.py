@@ -188,7 +188,8 @@ def test_interactive_training_learns_the_guidance_channels(interactive_run):
     w = model.encoder.features[0][0].weight
     assert w.shape[1] == 7 and w[:, 3:].abs().sum() > 0  # the guidance weights moved off zero
     n_train, n_val = info.training["n_train"], info.training["n_val"]
-    assert n_train % 2 == 0 and n_train // 2 + n_val == 36  # each training image: an automatic + a prompted view
+    views = 1 + info.run.interactive.prompted_per_image  # each training image: automatic + prompted views
+    assert views == int(views) and n_train % int(views) == 0 and n_train // int(views) + n_val == 36
 
 
 def test_click_simulator_adds_clicks_in_the_error_region():

@@ -28,6 +28,23 @@ def test_output_shapes_per_task(encoder, task):
         assert out.cls is None and model.classification_head is None
 
 
+@pytest.mark.parametrize("encoder", ["mobilenet_v2", "vgg16", "timm-tf_efficientnet_lite0"])
+@pytest.mark.parametrize("prompts", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(encoder, prompts):
+    """DistributedDataParallel (torchrun) stops at the first step when a trainable parameter gets no gradient:
+    smp's EfficientNet encoders carry timm's conv_head/bn2, which their forward never calls."""
+    torch.manual_seed(0)
+    config = ModelConfig(encoder_name=encoder, encoder_weights=None, prompts=prompts)
+    model = build_model(config).train()
+    out = model(torch.rand(2, config.input_channels, 64, 64))
+    (out.seg.mean() + out.cls.mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    if encoder.startswith("timm-tf_efficientnet"):  # frozen, but still saved and loaded with the weights
+        assert not model.encoder.conv_head.weight.requires_grad
+        assert "encoder.conv_head.weight" in model.state_dict()
+
+
 def test_cls_task_is_encoder_plus_head_only():
     both = build_model(ModelConfig(encoder_weights=None, task="both"))
     cls = build_model(ModelConfig(encoder_weights=None, task="cls"))

@@ -1,4 +1,4 @@
-"""Predict widget, driven as a user does (issue 11: points 6 and 8, and the Grad-CAM stall of point 10).
+"""Predict widget, driven as a user does: predictions, folder batches, Grad-CAM without stalling the window.
 
 - a NEW Labels layer named by the model (run folder/file), its record in ``metadata["mtunet"]`` (v2);
 - the class read-out says where each value comes from and follows the slice on screen;

@@ -1,4 +1,4 @@
-"""Segment object (issue 19 points 2, 4 and 7): clicks and a box -> one object's mask and class -> committed
+"""Segment object: clicks and a box -> one object's mask and class -> committed
 objects, one label each -> the training set.
 
 - the session logic without Qt: pixels of clicks and boxes, generations, results known for a prefix of the

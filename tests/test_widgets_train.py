@@ -338,3 +338,32 @@ def test_settings_are_remembered_and_the_output_folder_has_a_default(make_napari
     (tmp_path / "config" / "train.json").write_text("{not json")
     w3 = TrainWidget(viewer)
     assert w3.form() == TrainForm()
+
+
+def test_the_preset_sets_the_recipe_fields_and_reaches_the_run_config(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_mtunet.config import DEFAULT_PRESET
+    from napari_mtunet.widgets import TrainWidget
+
+    monkeypatch.setenv("MTUNET_CONFIG_DIR", str(tmp_path / "config"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    # a first-time user starts where `mtunet train` does: the cpu preset (pretrained Lite0, 128 px, interactive)
+    assert w.preset.currentText() == DEFAULT_PRESET == "cpu"
+    assert w.encoder.currentText() == "timm-tf_efficientnet_lite0" and w.encoder_weights.currentText() == "imagenet"
+    assert (w.image_size.value(), w.epochs.value(), w.batch_size.value()) == (128, 20, 8)
+    assert w.interactive.isChecked()
+    w.data_root.value = str(tmp_path / "my_data")
+    w.val_fraction.setValue(0.3)
+    w.preset.setCurrentText("gpu")  # the recipe changes; the data fields stay
+    assert (w.image_size.value(), w.epochs.value(), w.batch_size.value(), w.patience.value()) == (256, 50, 32, 10)
+    assert w.data_root.value == str(tmp_path / "my_data") and abs(w.val_fraction.value() - 0.3) < 1e-9
+    w.epochs.setValue(3)  # a field changed after the preset is kept
+    w.layout_options.setText("level=1, patch-size=512")  # the layout reader's options (PANDA)
+    run = w.form().to_run()
+    assert run.preset == "gpu" and run.train.epochs == 3 and run.preprocessing.image_size == 256
+    assert run.model.prompts and run.train.early_stopping_patience == 10
+    assert run.data.layout_options == {"level": 1, "patch_size": 512}
+    w.layout_options.setText("level")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        w.form().to_run()

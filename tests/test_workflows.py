@@ -14,7 +14,16 @@ import pytest
 from PIL import Image
 
 from napari_mtunet.checkpoint import load_checkpoint, read_metadata
-from napari_mtunet.config import AugmentConfig, DataConfig, FinetuneConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+from napari_mtunet.config import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    Preprocessing,
+    RunConfig,
+    TrainConfig,
+)
 from napari_mtunet.events import CancelToken, History, drive
 from napari_mtunet.sample_data import write_phantom_dataset
 from napari_mtunet.workflows import (
@@ -338,11 +347,26 @@ def test_finetune_adapts_to_unlabelled_images_of_the_new_scanner(trained, tmp_pa
     assert any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)  # statistics of the darker scanner
 
     keep = FinetuneConfig(steps_per_sample=1, min_steps=3, max_steps=3, batch_size=4, device="cpu", adapt_bn="keep")
-    res2 = drive(iter_finetune(parent, new, tmp_path / "ft2", config=keep, unlabelled=unl))
+    with pytest.raises(FinetuneError, match="adapt_bn 'keep'"):  # would silently ignore the uncorrected images
+        drive(iter_finetune(parent, new, tmp_path / "ft2", config=keep, unlabelled=unl))
+    assert not (tmp_path / "ft2").exists()
+    res2 = drive(iter_finetune(parent, new, tmp_path / "ft3", config=keep))
     c2, info2 = load_checkpoint(res2.child)
     a2 = _bn_buffers(c2)
     assert all(np.allclose(a2[k].numpy(), b[k].numpy()) for k in a2)  # frozen: the base model's statistics
-    assert info2.training["finetune"]["adapted_to"]["n_unlabelled"] == 12
+    assert info2.training["finetune"]["adapted_to"]["adapt_bn"] == "keep"
+
+
+def test_finetune_auto_adapts_exactly_when_there_are_uncorrected_images():
+    from napari_mtunet.config import AUTO_ADAPT_BN
+
+    auto = FinetuneConfig()
+    assert auto.adapt_bn == "auto"
+    assert auto.bn_mode(True) == AUTO_ADAPT_BN and auto.bn_mode(False) == "keep"
+    assert FinetuneConfig(steps_per_sample=0).bn_mode(False) == AUTO_ADAPT_BN  # adapt only: nothing else to do
+    assert FinetuneConfig(adapt_bn="mix").bn_mode(False) == "mix"
+    with pytest.raises(ConfigError, match="adapt_bn must be one of"):
+        FinetuneConfig(adapt_bn="sometimes")
 
 
 def test_finetune_unlabelled_folder_without_images_is_refused_by_name(trained, tmp_path):

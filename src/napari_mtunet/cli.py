@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import dataclasses
 import json
 import math
 import os
@@ -30,8 +31,21 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import MAX_BATCH, MAX_EPOCHS, MAX_IMAGE_SIZE, FinetuneConfig, RunConfig
+from .config import (
+    ADAPT_BN,
+    AUTO_ADAPT_BN,
+    DEFAULT_PRESET,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    PRESETS,
+    ConfigError,
+    FinetuneConfig,
+    RunConfig,
+    parse_layout_options,
+)
 from .textsafe import escape_lines
+from .torchrun import is_main_process
 
 
 def print(*args: Any, **kwargs: Any) -> None:  # noqa: A001 - every line this module prints goes through here
@@ -46,7 +60,7 @@ def _safe_text(text: str) -> str:
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-D = RunConfig()  # the defaults shown in --help
+D = RunConfig.from_preset()  # what `mtunet train` starts from (the default preset), shown in --help
 F = FinetuneConfig()
 
 
@@ -54,12 +68,8 @@ class CLIError(Exception):
     """A user-facing error: printed as one line."""
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def _say(*args: Any) -> None:
-    if _rank() == 0:
+    if is_main_process():
         print(*args, flush=True)
 
 
@@ -67,7 +77,7 @@ class TextProgress:
     """Events -> text: a progress bar per epoch on a terminal, one line per epoch, status lines."""
 
     def __init__(self, enabled: bool = True, stream: Any = None):
-        self.enabled = enabled and _rank() == 0
+        self.enabled = enabled and is_main_process()
         self.stream = stream or sys.stdout
         self.bar = None
         self.tty = sys.stderr.isatty()
@@ -125,11 +135,32 @@ def _none_word(v: str | None) -> str | None:
     return None if v is None or v.strip().lower() in ("", "none") else v
 
 
+def _layout_option(text: str) -> tuple[str, Any]:
+    """``--layout-option NAME=VALUE`` (:func:`~napari_mtunet.config.parse_layout_options`, one item)."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"one NAME=VALUE per --layout-option, got {text!r}")
+    try:
+        (item,) = parse_layout_options(text).items() or [None]
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("layout options: ").removeprefix("layout_options: "))
+    if item is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. level=1), got {text!r}")
+    return item
+
+
+def _layout_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--layout-option`` values given (a later one of the same name wins), or None when none were."""
+    given = getattr(args, "layout_option", None)
+    return dict(given) if given else None
+
+
 def run_from_args(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     """``base`` with every option the user gave (options left out are None and keep ``base``'s value)."""
     d = base.to_dict()
     m, p, data, t, aug = d["model"], d["preprocessing"], d["data"], d["train"], d["data"]["augment"]
     given = {k: v for k, v in vars(args).items() if v is not None}
+    if "layout_option" in given:
+        data["layout_options"] = dict(given["layout_option"])
     if "dataset" in given:
         data["root"] = str(Path(given["dataset"]).resolve())
     for opt, (section, key) in {
@@ -173,7 +204,8 @@ def cmd_info(args) -> int:
     from .config import DataConfig
     from .workflows import load
 
-    loaded = load(DataConfig(root=args.dataset, layout=args.layout or "auto", strict=bool(args.strict)))
+    loaded = load(DataConfig(root=args.dataset, layout=args.layout or "auto", strict=bool(args.strict),
+                             layout_options=_layout_options(args) or {}))
     print(loaded.summary())
     return 0
 
@@ -181,14 +213,16 @@ def cmd_info(args) -> int:
 def cmd_train(args) -> int:
     from .workflows import iter_train
 
-    base = D
+    base = RunConfig.from_preset(args.preset or DEFAULT_PRESET)
     if args.resume:
         from .checkpoint import read_metadata
 
+        if args.preset:
+            raise CLIError("--preset starts a new run; a resumed run keeps its checkpoint's settings")
         base = RunConfig.from_metadata(read_metadata(args.resume))
     run = run_from_args(args, base)
     outcome = _drive(iter_train(run, args.out, resume=args.resume, n_boot=args.n_boot), quiet=args.quiet)
-    if _rank() == 0:
+    if is_main_process():
         print(f"outputs in {Path(args.out).resolve()}")
     return 0 if outcome.reason != "cancelled" else EXIT_ERROR
 
@@ -196,6 +230,9 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     from .workflows import iter_finetune
 
+    if _layout_options(args):
+        raise CLIError("--layout-option: fine-tuning reads its corrections as they are (e.g. the generic layout "
+                       "the Annotate widget writes); layout options are not used here")
     d = F.to_dict()
     for key in ("lr", "batch_size", "steps_per_sample", "encoder_lr_scale", "replay_ratio", "check_fraction",
                 "device", "seed"):
@@ -231,12 +268,13 @@ def cmd_evaluate(args) -> int:
 
         res = evaluate_interactive(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto",
                                    device=args.device, max_clicks=args.max_clicks, n_boot=args.n_boot,
-                                   progress=progress)
+                                   progress=progress, layout_options=_layout_options(args))
         if tty:
             print(file=sys.stderr)
     else:
         res = evaluate(args.checkpoint, args.dataset, split=args.split, layout=args.layout or "auto",
-                       device=args.device, threshold=args.threshold, n_boot=args.n_boot)
+                       device=args.device, threshold=args.threshold, n_boot=args.n_boot,
+                       layout_options=_layout_options(args))
     print(res.model_description)
     print(res.report.format())
     if args.json:
@@ -303,47 +341,69 @@ def cmd_demo(args) -> int:
     return 0
 
 
+#: ``mtunet experiment`` options by study: (option dest, settings field); options left out keep the settings'
+#: dataclass defaults (ExperimentSettings, FinetuneStudySettings).
+_PAPER_OPTIONS = {"layout": "layout", "preset": "preset", "folds": "folds", "epochs": "epochs",
+                  "image_size": "image_size", "max_samples": "max_samples", "batch_size": "batch_size", "lr": "lr",
+                  "patience": "patience", "device": "device", "seed": "seed", "n_boot": "n_boot"}
+_FINETUNE_OPTIONS = {"layout": "layout", "bases": "n_bases", "select_shifts": "n_select",
+                     "report_shifts": "n_report", "draws": "draws", "k": "k", "epochs": "base_epochs",
+                     "image_size": "image_size", "device": "device", "seed": "seed"}
+_PAPER_ONLY = ("studies", "weight_ratios", "folds", "only_folds", "max_samples", "batch_size", "lr", "patience",
+               "no_augment", "n_boot", "layout_option")
+_FINETUNE_ONLY = ("methods", "bases", "select_shifts", "report_shifts", "draws", "k", "sets", "interactive_base")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _settings_from(args: argparse.Namespace, options: dict[str, str], not_here: Sequence[str],
+                   study: str) -> dict[str, Any]:
+    """The settings fields of the options given (None / False = left out); an option of the other study is
+    refused rather than silently ignored."""
+    wrong = [k for k in not_here if getattr(args, k, None) not in (None, False)]
+    if wrong:
+        names = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise CLIError(f"{names}: not an option of --study {study}")
+    kw = {field: getattr(args, opt) for opt, field in options.items() if getattr(args, opt, None) is not None}
+    if args.encoder_weights is not None:
+        kw["encoder_weights"] = _none_word(args.encoder_weights)
+    return kw
+
+
 def cmd_experiment(args) -> int:
     if args.study == "finetune":
-        from .finetune_study import METHODS, FinetuneStudySettings, run_finetune_study
+        from .finetune_study import FinetuneStudySettings, run_finetune_study
 
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(METHODS)
-        fs = FinetuneStudySettings(
-            dataset=str(args.dataset), layout=args.layout or "auto", methods=methods, n_bases=args.bases,
-            n_select=args.select_shifts, n_report=args.report_shifts, draws=args.draws, k=args.k,
-            encoder=args.encoders.split(",")[0].strip() if args.encoders != "vgg16,mobilenet_v2" else
-            "timm-tf_efficientnet_lite0",
-            encoder_weights=_none_word(args.encoder_weights), base_epochs=args.epochs or 20,
-            image_size=args.image_size or 128, interactive=bool(args.interactive_base),
-            sets=[s.strip() for s in args.sets.split(",") if s.strip()], device=args.device, seed=args.seed,
-        )
-        report = run_finetune_study(fs, Path(args.out), log=_say)
+        kw = _settings_from(args, _FINETUNE_OPTIONS, _PAPER_ONLY, "finetune")
+        if args.methods is not None:
+            kw["methods"] = _csv(args.methods)
+        if args.encoders is not None:
+            kw["encoder"] = (_csv(args.encoders) or [""])[0]
+        if args.sets is not None:
+            kw["sets"] = _csv(args.sets)
+        if args.interactive_base:
+            kw["interactive"] = True
+        report = run_finetune_study(FinetuneStudySettings(dataset=str(args.dataset), **kw), Path(args.out), log=_say)
         _say(f"report: {report}")
         return 0
     from .experiments import ExperimentSettings, parse_ratios, run_experiment
 
-    settings = ExperimentSettings(
-        dataset=str(args.dataset),
-        layout=args.layout or "auto",
-        preset=args.preset,
-        encoders=[e.strip() for e in args.encoders.split(",") if e.strip()],
-        studies=[s.strip() for s in args.studies.split(",") if s.strip()],
-        folds=args.folds,
-        epochs=args.epochs or D.train.epochs,
-        image_size=args.image_size or D.preprocessing.image_size,
-        max_samples=args.max_samples,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        encoder_weights=_none_word(args.encoder_weights),
-        device=args.device,
-        seed=args.seed,
-        n_boot=args.n_boot,
-        augment=not args.no_augment,
-        only_folds=[int(f) for f in args.only_folds.split(",")] if args.only_folds else None,
-        weight_ratios=parse_ratios(args.weight_ratios) if args.weight_ratios else None,
-    )
-    report = run_experiment(settings, Path(args.out), log=_say)
+    kw = _settings_from(args, _PAPER_OPTIONS, _FINETUNE_ONLY, "paper")
+    if args.encoders is not None:
+        kw["encoders"] = _csv(args.encoders)
+    if args.studies is not None:
+        kw["studies"] = _csv(args.studies)
+    if args.no_augment:
+        kw["augment"] = False
+    if args.only_folds:
+        kw["only_folds"] = [int(f) for f in args.only_folds.split(",")]
+    if args.weight_ratios:
+        kw["weight_ratios"] = parse_ratios(args.weight_ratios)
+    if args.layout_option:
+        kw["layout_options"] = _layout_options(args)
+    report = run_experiment(ExperimentSettings(dataset=str(args.dataset), **kw), Path(args.out), log=_say)
     _say(f"report: {report}")
     return 0
 
@@ -381,11 +441,25 @@ def _h(text: str, default: Any) -> str:
     return f"{text} (default: {default})"
 
 
+def _defaults(settings: type) -> dict[str, Any]:
+    """The field defaults of a settings dataclass (what an option left out keeps)."""
+    out = {}
+    for f in dataclasses.fields(settings):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default=None,
                    help=_h("dataset layout: auto, busi, isic, lgg, siim, panda, generic, folders", D.data.layout))
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on any dataset problem instead of skipping the bad samples")
+    p.add_argument("--layout-option", action="append", type=_layout_option, default=None, metavar="NAME=VALUE",
+                   help="repeatable: an option of the layout reader, e.g. PANDA's level=1 or patch_size=512 "
+                        "(docs/datasets.md); saved in the run config")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -450,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a dataset folder")
     p.add_argument("dataset")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help=f"the recipe to start from (default: {DEFAULT_PRESET}): cpu = the best model two CPU cores "
+                        "train in about 30 minutes (see docs/results.md); gpu = the paper's budget (256 px, 50 "
+                        "epochs, batch 32, early stopping). Options given override it")
     p.add_argument("--out", required=True, help="output folder (checkpoints, splits.json, test_report.json)")
     _add_data_args(p)
     _add_model_args(p)
@@ -480,9 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlabelled", nargs="+", default=None, metavar="IMAGES",
                    help="uncorrected images of the same scanner (folders or files; no labels needed): the model "
                         "adapts to them (see --adapt-bn)")
-    p.add_argument("--adapt-bn", choices=("keep", "new", "mix"), default=None,
+    p.add_argument("--adapt-bn", choices=ADAPT_BN, default=None,
                    help=_h("BatchNorm statistics: keep the base model's, re-estimate them on the new images "
-                           "(corrections + --unlabelled), or on those mixed with replayed base images", F.adapt_bn))
+                           "(corrections + --unlabelled), or on those mixed with replayed base images; auto: "
+                           f"{AUTO_ADAPT_BN} with --unlabelled, else keep", F.adapt_bn))
     p.add_argument("--train-bn", action="store_true", help="update BatchNorm statistics (default: keep the base model's)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default=None)
@@ -567,43 +646,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEMO.seed, help=f"(default: {DEMO.seed})")
     p.set_defaults(func=cmd_demo)
 
+    from .experiments import WEIGHT_SWEEP, ExperimentSettings  # the studies' defaults live in their settings
+    from .finetune_study import FinetuneStudySettings
+
+    E, S = _defaults(ExperimentSettings), _defaults(FinetuneStudySettings)
     p = sub.add_parser("experiment", help="the paper's experiments: multi- vs single-task, ablation, weights, k-fold")
     p.add_argument("dataset")
-    p.add_argument("--preset", choices=("paper",), default="paper")
+    p.add_argument("--preset", choices=("paper",), default=None, help=_h("protocol", E["preset"]))
     p.add_argument("--study", choices=("paper", "finetune"), default="paper",
                    help="paper: multi- vs single-task, ablation, weights (k-fold); finetune: fine-tuning on k "
                         "corrections of a shifted 'new scanner' (see docs/results.md)")
     g = p.add_argument_group("fine-tuning study (--study finetune)")
     g.add_argument("--methods", default=None, help="comma list of fine-tune methods (default: all; see docs/results.md)")
-    g.add_argument("--bases", type=int, default=2, help="base models, each on its own split (default: 2)")
-    g.add_argument("--select-shifts", type=int, default=4, help="random shifts that choose the defaults (default: 4)")
-    g.add_argument("--report-shifts", type=int, default=6, help="fresh random shifts that report them (default: 6)")
-    g.add_argument("--draws", type=int, default=3, help="correction draws per base and shift (default: 3)")
-    g.add_argument("--k", type=int, default=10, help="corrected images per draw (default: 10)")
-    g.add_argument("--sets", default="select,report", help="which shift sets to run now (default: select,report)")
+    g.add_argument("--bases", type=int, default=None, help=_h("base models, each on its own split", S["n_bases"]))
+    g.add_argument("--select-shifts", type=int, default=None, help=_h("random shifts that choose the defaults",
+                                                                     S["n_select"]))
+    g.add_argument("--report-shifts", type=int, default=None, help=_h("fresh random shifts that report them",
+                                                                     S["n_report"]))
+    g.add_argument("--draws", type=int, default=None, help=_h("correction draws per base and shift", S["draws"]))
+    g.add_argument("--k", type=int, default=None, help=_h("corrected images per draw", S["k"]))
+    g.add_argument("--sets", default=None, help=_h("which shift sets to run now", ",".join(S["sets"])))
     g.add_argument("--interactive-base", action="store_true", help="train the base models with --interactive")
     p.add_argument("--out", default="mtunet-experiment")
     _add_data_args(p)
-    p.add_argument("--encoders", default="vgg16,mobilenet_v2")
-    p.add_argument("--studies", default="baselines,ablation,weights",
-                   help="comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights (sweep)")
+    p.add_argument("--encoders", default=None,
+                   help=_h("comma list of encoders (the fine-tuning study uses the first)",
+                           f"{','.join(E['encoders'])}; fine-tuning study: {S['encoder']}"))
+    p.add_argument("--studies", default=None,
+                   help=_h("comma list of: baselines (multi vs seg-only vs cls-only), ablation (no skips), weights "
+                           "(sweep)", ",".join(E["studies"])))
     p.add_argument("--weight-ratios", default=None,
-                   help="weights study: the w_seg:w_cls ratios to sweep, e.g. 1:1,2:1 (default: 1:1,2:1,10:1,1:2,1:5,1:10)")
-    p.add_argument("--folds", type=int, default=5)
+                   help=_h("weights study: the w_seg:w_cls ratios to sweep, e.g. 1:1,2:1",
+                           ",".join(f"{ws:g}:{wc:g}" for ws, wc in WEIGHT_SWEEP if (ws, wc) != (5, 1))))
+    p.add_argument("--folds", type=int, default=None, help=_h("folds", E["folds"]))
     p.add_argument("--only-folds", default=None,
                    help="run only these folds now, e.g. 0,1,2 (several processes can share one --out)")
-    p.add_argument("--epochs", type=int, default=None, help=f"default: {D.train.epochs} (finetune study base: 20)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=_h("epochs", f"{E['epochs']}; fine-tuning study base models: {S['base_epochs']}"))
     p.add_argument("--image-size", type=int, default=None,
-                   help=f"default: {D.preprocessing.image_size} (finetune study: 128)")
+                   help=_h("input size", f"{E['image_size']}; fine-tuning study: {S['image_size']}"))
     p.add_argument("--max-samples", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=D.train.batch_size)
-    p.add_argument("--lr", type=float, default=D.train.lr)
-    p.add_argument("--patience", type=int, default=D.train.early_stopping_patience or 0)
-    p.add_argument("--encoder-weights", default="imagenet")
+    p.add_argument("--batch-size", type=int, default=None, help=_h("batch size", E["batch_size"]))
+    p.add_argument("--lr", type=float, default=None, help=_h("learning rate", E["lr"]))
+    p.add_argument("--patience", type=int, default=None, help=_h("early-stopping patience, 0 = off", E["patience"]))
+    p.add_argument("--encoder-weights", default=None, help=_h("'imagenet', a file or 'none'", E["encoder_weights"]))
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--device", default=None, help=_h("auto, cpu, cuda, cuda:N or mps", E["device"]))
+    p.add_argument("--seed", type=int, default=None, help=_h("seed", E["seed"]))
+    p.add_argument("--n-boot", type=int, default=None, help=_h("bootstrap resamples", E["n_boot"]))
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("fetch-weights", help="save an encoder's ImageNet weights to a file (for offline use)")

@@ -3,9 +3,11 @@
 :class:`RunConfig` holds everything one training run needs, in four parts
 (:class:`ModelConfig`, :class:`Preprocessing`, :class:`DataConfig` with its
 :class:`AugmentConfig`, :class:`TrainConfig`).  Their field defaults are the
-project's defaults: the CLI, the napari widgets, the experiments and the
-Python API all start from ``RunConfig()`` and override what the user chose,
-so a default is changed in exactly one place.  Rules that span parts
+project's defaults, and :data:`PRESETS` name recipes as overrides of them:
+``mtunet train`` and the Train widget start from the default preset
+(:meth:`RunConfig.from_preset`), the experiments and the Python API from
+``RunConfig()``, and all override what the user chose, so a default is
+changed in exactly one place.  Rules that span parts
 (a monitor the task cannot produce, loss weights of a head the task does
 not have, ...) are checked by :meth:`RunConfig.validate`.  A run config is
 saved whole in every checkpoint; :meth:`RunConfig.from_metadata` reads it
@@ -438,6 +440,31 @@ def _layout_options(options: Any) -> dict[str, LayoutOption]:
     return dict(options)
 
 
+def parse_layout_options(text: str) -> dict[str, LayoutOption]:
+    """``"level=1, patch-size=512"`` (the CLI's ``--layout-option``, the Train widget's field): each value as an
+    integer, a number, true/false, none or text; a later option of the same name wins.  ConfigError names the
+    item that is not ``NAME=VALUE``."""
+    out: dict[str, LayoutOption] = {}
+    for item in (t.strip() for t in str(text).split(",")):
+        if not item:
+            continue
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip().replace("-", "_"), raw.strip()
+        if not sep or not name.isidentifier():
+            raise ConfigError(f"layout options: expected NAME=VALUE (e.g. level=1), got {item!r}")
+        value: LayoutOption = raw
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+        if isinstance(value, str) and raw.lower() in ("true", "false", "none"):
+            value = {"true": True, "false": False, "none": None}[raw.lower()]
+        out[name] = value
+    return _layout_options(out)
+
+
 @dataclass
 class TrainConfig(_Dict):
     """Optimisation settings: the paper's (Adam 1e-3, loss weights 5:1, class-balanced CE) with the
@@ -511,7 +538,10 @@ class TrainConfig(_Dict):
 
 
 #: How fine-tuning treats BatchNorm statistics (see :attr:`FinetuneConfig.adapt_bn`).
-ADAPT_BN: tuple[str, ...] = ("keep", "new", "mix")
+ADAPT_BN: tuple[str, ...] = ("auto", "keep", "new", "mix")
+#: What ``adapt_bn="auto"`` means when there are images of the new scanner to adapt to (uncorrected images
+#: given, or adapt-only fine-tuning): chosen with the fine-tuning study (docs/results.md).
+AUTO_ADAPT_BN = "new"
 
 
 @dataclass
@@ -549,8 +579,9 @@ class FinetuneConfig(_Dict):
     base_check_images: int = 40
     #: BatchNorm statistics before fine-tuning: "keep" the base model's, re-estimate them on the "new" images
     #: (the corrections and any uncorrected images of the same scanner), or on a "mix" of the new images and as
-    #: many replayed base images (the old scanner keeps its say).
-    adapt_bn: str = "keep"
+    #: many replayed base images (the old scanner keeps its say); "auto": :data:`AUTO_ADAPT_BN` when
+    #: uncorrected images are given (or nothing is trained), else "keep" (:meth:`bn_mode`).
+    adapt_bn: str = "auto"
     seed: int = 0
     device: str = "auto"
 
@@ -576,6 +607,13 @@ class FinetuneConfig(_Dict):
             raise ConfigError(f"replay_ratio must be in [0, 100], got {self.replay_ratio}")
         if self.adapt_bn not in ADAPT_BN:
             raise ConfigError(f"adapt_bn must be one of {ADAPT_BN}, got {self.adapt_bn!r}")
+
+    def bn_mode(self, uncorrected: bool) -> str:
+        """The BatchNorm treatment of a fine-tuning run: ``adapt_bn`` with "auto" resolved (``uncorrected``:
+        whether uncorrected images of the new scanner were given)."""
+        if self.adapt_bn != "auto":
+            return self.adapt_bn
+        return AUTO_ADAPT_BN if uncorrected or self.steps_per_sample == 0 else "keep"
 
     def n_check(self, n_new: int) -> int:
         """How many of ``n_new`` samples are held back for the before/after check."""
@@ -697,6 +735,23 @@ class InteractiveConfig(_Dict):
 
 RUN_CONFIG_VERSION = 3
 
+#: Named recipes: overrides of the dataclass defaults, by part.  ``cpu`` (the default of ``mtunet train`` and of
+#: the Train widget) is the recipe chosen for 2 CPU cores; ``gpu`` follows the paper's budget (256 px, 50 epochs,
+#: batch 32, early stopping).  docs/results.md has the studies that chose them and what they reach.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "model": {"encoder_name": "timm-tf_efficientnet_lite0", "encoder_weights": "imagenet", "prompts": True},
+        "preprocessing": {"image_size": 128},
+        "train": {"epochs": 20, "batch_size": 8},
+    },
+    "gpu": {
+        "model": {"encoder_name": "timm-tf_efficientnet_lite0", "encoder_weights": "imagenet", "prompts": True},
+        "preprocessing": {"image_size": 256},
+        "train": {"epochs": 50, "batch_size": 32, "early_stopping_patience": 10},
+    },
+}
+DEFAULT_PRESET = "cpu"
+
 
 @dataclass
 class RunConfig(_Dict):
@@ -710,8 +765,12 @@ class RunConfig(_Dict):
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocessing: Postprocessing = field(default_factory=Postprocessing)
     interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
+    #: The named recipe (:data:`PRESETS`) this run started from, recorded with it (None: none).
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         self.interactive = InteractiveConfig.from_dict(self.interactive)
         self.model = ModelConfig.from_dict(self.model)
         self.preprocessing = Preprocessing.from_dict(self.preprocessing)
@@ -778,10 +837,23 @@ class RunConfig(_Dict):
             train=dataclasses.replace(self.train, w_seg=ws, w_cls=wc),
             postprocessing=dataclasses.replace(self.postprocessing),
             interactive=dataclasses.replace(self.interactive),
+            preset=self.preset,
         )
 
     def with_classes(self, class_names: list[str]) -> RunConfig:
         return dataclasses.replace(self, model=self.model.with_classes(class_names))
+
+    @classmethod
+    def from_preset(cls, name: str = DEFAULT_PRESET) -> RunConfig:
+        """The run config of a named recipe (:data:`PRESETS`): what ``mtunet train`` and the Train widget start
+        from (``--preset``); every option a user gives then overrides it."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        d = cls().to_dict()
+        for part, values in PRESETS[name].items():
+            d[part].update(values)
+        d["preset"] = name
+        return cls.from_dict(d)
 
     # ------------------------------------------------------------------ (de)serialisation
 

@@ -27,6 +27,7 @@ line per fine-tune), ``finetune_report.md`` and ``finetune_gains.png``.  Several
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -36,8 +37,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import FinetuneConfig
+from .config import AugmentConfig, DataConfig, FinetuneConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+from .data.errors import DataError
+from .data.io import load_sample
+from .data.layouts.generic import IMAGES_DIR
+from .data.splits import round_robin_pick, split_groups, train_val_test_split
+from .data.writer import NewSample, copy_generic_samples, write_generic_dataset
+from .preprocess import to_float_rgb
 from .shifts import Shift, draw_shifts
+
+# The training, scoring and fine-tuning workflows are imported where they run: the CLI imports this module
+# to show the study's defaults in --help, without torch.
 
 #: name -> (FinetuneConfig overrides, whether the method gets the uncorrected images).
 METHODS: dict[str, tuple[dict[str, Any], bool]] = {
@@ -48,7 +58,6 @@ METHODS: dict[str, tuple[dict[str, Any], bool]] = {
     "bn_new": ({"steps_per_sample": 0, "adapt_bn": "new"}, True),
     "bn_new_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "new"}, True),
     "bn_mix_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "mix"}, True),
-    "bn_new_ft_lr1e-4_enc0.1": ({"lr": 1e-4, "encoder_lr_scale": 0.1, "adapt_bn": "new"}, True),
 }
 
 
@@ -101,28 +110,8 @@ class FinetuneStudySettings:
 # --------------------------------------------------------------------------- data
 
 
-def _write_generic(root: Path, items: list[tuple[str, np.ndarray, np.ndarray | None, str | None, str]]) -> Path:
-    """items: (name, image uint8, mask {0,1} | None, label, group) -> images/, masks/, labels.csv."""
-    from PIL import Image
-
-    from . import csvsafe
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    rows = [["filename", "label", "group"]]
-    for name, img, mask, label, group in items:
-        Image.fromarray(img).save(root / "images" / f"{name}.png")
-        if mask is not None:
-            Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "masks" / f"{name}.png")
-        rows.append([f"{name}.png", label or "", group])
-    (root / "labels.csv").write_bytes(csvsafe.format_rows(rows).encode("utf-8"))
-    return root
-
-
 def _pick(labels: list[str], k: int, rng: np.random.Generator) -> list[int]:
     """k indices spread over the classes (round-robin over shuffled classes)."""
-    from .data.splits import round_robin_pick
-
     return round_robin_pick(labels, k, rng)
 
 
@@ -138,10 +127,6 @@ class _Base:
         self._scores: dict[str, dict[str, np.ndarray]] = {}
 
     def _materialise(self) -> dict[str, Any]:
-        from .config import DataConfig
-        from .data import split_groups, train_val_test_split
-        from .data.io import load_sample
-        from .preprocess import to_float_rgb
         from .workflows.data import load
 
         done = self.dir / "parts.json"
@@ -153,24 +138,23 @@ class _Base:
         idx = {loaded.key(x): i for i, x in enumerate(loaded.samples)}
         groups = split_groups(loaded.samples)
 
-        def item(i: int, prefix: str):
-            import hashlib
-
+        def item(i: int, prefix: str) -> NewSample:
             image, mask = load_sample(loaded.samples[i])
             u8 = np.clip(np.round(to_float_rgb(image) * 255), 0, 255).astype(np.uint8)
             group = "g" + hashlib.sha1(str(groups[i]).encode()).hexdigest()[:10]
-            return f"{prefix}{i:04d}", u8, mask, loaded.samples[i].label, group
+            return NewSample(u8, mask, loaded.samples[i].label, group, name=f"{prefix}{i:04d}")
 
         a_idx = [idx[k] for k in split.train]
         b_idx = [idx[k] for k in split.test]
-        _write_generic(self.dir / "A", [item(i, "a") for i in a_idx])
-        _write_generic(self.dir / "B_plain", [item(i, "b") for i in b_idx])
+        for part, prefix, indices in (("A", "a", a_idx), ("B_plain", "b", b_idx)):
+            if (self.dir / part).exists():  # written by an attempt interrupted before parts.json
+                shutil.rmtree(self.dir / part)
+            write_generic_dataset(self.dir / part, [item(i, prefix) for i in indices])
         parts = {"A": len(a_idx), "B": len(b_idx), "class_names": loaded.class_names}
         done.write_text(json.dumps(parts))
         return parts
 
     def _train(self) -> Path:
-        from .config import AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
         from .events import drive
         from .workflows import iter_train
 
@@ -195,40 +179,42 @@ class _Base:
 
     def shifted(self, shift: Shift, key: str) -> Path:
         """Part B as ``shift`` shows it (written once per base and shift)."""
-        from .config import DataConfig
         from .workflows.data import load
 
         folder = self.dir / f"B_{key}"
         if (folder / "labels.csv").is_file():
             return folder
-        tmp = self.dir / f".B_{key}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         plain = load(DataConfig(root=str(self.dir / "B_plain"), layout="generic"))
-        from .data.io import load_sample
-
         items = []
         for i, smp in enumerate(plain.samples):
             image, mask = load_sample(smp)
-            items.append((Path(smp.image).stem, shift.apply(image, seed=1000 * self.b + i), mask, smp.label,
-                          smp.group or ""))
-        _write_generic(tmp, items)
-        tmp.rename(folder)
+            items.append(NewSample(shift.apply(image, seed=1000 * self.b + i), mask, smp.label, smp.group,
+                                   name=Path(smp.image).stem))
+        try:
+            write_generic_dataset(folder, items)  # written whole, then renamed into place
+        except DataError:
+            if not (folder / "labels.csv").is_file():  # not another process that wrote it meanwhile
+                raise
         return folder
 
-    def scores(self, checkpoint: Path, folder: Path) -> dict[str, np.ndarray]:
-        """Per-image Dice, labels and predicted classes of ``checkpoint`` on every image of ``folder``."""
+    def scores(self, checkpoint: Path, folder: Path, indices: list[int] | None = None) -> dict[str, np.ndarray]:
+        """Per-image Dice, labels and predicted classes of ``checkpoint`` on the images of ``folder`` (all, or
+        those at ``indices``; the arrays are full length, NaN / -1 where not scored)."""
         from .checkpoint import load_checkpoint
-        from .config import DataConfig
-        from .training import predict_dataset
-        from .training.metrics import dice_iou_per_image
+        from .training.evaluate import score_images
         from .workflows.data import load
 
         model, info = load_checkpoint(checkpoint)
         data = load(DataConfig(root=str(folder), layout="generic"), class_names=info.class_names)
-        preds = predict_dataset(model, data.dataset(None, info.preprocessing), postprocessing=info.postprocessing)
-        return {"dice": dice_iou_per_image(preds.pred_masks, preds.true_masks)[0], "labels": preds.labels,
-                "pred": preds.probabilities.argmax(1), "stems": [Path(x.image).stem for x in data.samples]}
+        n = len(data.samples)
+        idx = list(range(n)) if indices is None else sorted(indices)
+        scored = score_images(model, data.dataset(idx, info.preprocessing), postprocessing=info.postprocessing)
+        out = {"dice": np.full(n, np.nan), "labels": np.full(n, -1), "pred": np.full(n, -1),
+               "stems": [Path(x.image).stem for x in data.samples]}
+        out["dice"][idx] = scored.dice
+        out["labels"][idx] = scored.labels
+        out["pred"][idx] = scored.predicted
+        return out
 
     def base_scores(self, folder: Path) -> dict[str, np.ndarray]:
         if folder.name not in self._scores:
@@ -247,30 +233,14 @@ def _summary(s: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, float]:
 
 def _subset(src: Path, dst: Path, stems: list[str], *, masks: bool) -> None:
     """Copy ``stems`` of a generic folder: a correction folder (images, masks, labels.csv), or images only."""
-    import csv
-
-    from . import csvsafe
-
     if dst.exists():
         shutil.rmtree(dst)
-    keep = set(stems)
-    if not masks:
-        dst.mkdir(parents=True)
-        for stem in stems:
-            shutil.copy2(src / "images" / f"{stem}.png", dst / f"{stem}.png")
+    if masks:
+        copy_generic_samples(src, dst, stems)
         return
-    (dst / "images").mkdir(parents=True)
-    (dst / "masks").mkdir(parents=True)
-    rows = [["filename", "label", "group"]]
-    with open(src / "labels.csv", newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            stem = Path(row["filename"]).stem
-            if stem in keep:
-                shutil.copy2(src / "images" / row["filename"], dst / "images" / row["filename"])
-                if (src / "masks" / f"{stem}.png").is_file():
-                    shutil.copy2(src / "masks" / f"{stem}.png", dst / "masks" / f"{stem}.png")
-                rows.append([row["filename"], row["label"], row.get("group", "")])
-    (dst / "labels.csv").write_bytes(csvsafe.format_rows(rows).encode("utf-8"))
+    dst.mkdir(parents=True)
+    for stem in stems:
+        shutil.copy2(src / IMAGES_DIR / f"{stem}.png", dst / f"{stem}.png")
 
 
 # --------------------------------------------------------------------------- running
@@ -339,8 +309,8 @@ def run_finetune_study(settings: FinetuneStudySettings, out: Path, log: Callable
                             outcome = drive(iter_finetune(base.checkpoint, trial / "corrections", model_dir, config=cfg,
                                                           unlabelled=trial / "uncorrected" if use_unl else None))
                             seconds = time.perf_counter() - t0
-                            child_shift = base.scores(outcome.child, shifted)
-                            child_plain = base.scores(outcome.child, plain)
+                            child_shift = base.scores(outcome.child, shifted, scored)
+                            child_plain = base.scores(outcome.child, plain, scored)
                             row = {
                                 "tag": tag, "set": which, "base": b, "shift_index": si, "shift": shift.to_dict(),
                                 "shift_name": shift.name, "draw": d, "method": method, "seconds": seconds,

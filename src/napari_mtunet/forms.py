@@ -2,7 +2,7 @@
 
 A form is a flat dataclass of the values the controls show (text for the
 learning rate, 0 for "all samples" ...).  Its defaults come from
-:class:`~napari_mtunet.config.RunConfig` / :class:`~napari_mtunet.config.FinetuneConfig`,
+the default preset (:meth:`~napari_mtunet.config.RunConfig.from_preset`) / :class:`~napari_mtunet.config.FinetuneConfig`,
 so the widgets and the CLI start from the same values; ``to_run()`` turns a
 form into a validated run configuration with messages a user can act on.
 Forms are also what a widget remembers between openings (``to_dict`` /
@@ -18,9 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import DOCUMENTED_ENCODERS, AugmentConfig, DataConfig, ModelConfig, Preprocessing, RunConfig, TrainConfig
+from .config import (
+    DEFAULT_PRESET,
+    DOCUMENTED_ENCODERS,
+    PRESETS,
+    AugmentConfig,
+    DataConfig,
+    ModelConfig,
+    Preprocessing,
+    RunConfig,
+    TrainConfig,
+    parse_layout_options,
+)
 
-D = RunConfig()
+D = RunConfig.from_preset()  # the Train widget starts where `mtunet train` does: the default preset
 
 #: Encoders offered by name in the Train widget (any smp encoder name can be typed).
 ENCODERS: tuple[str, ...] = (*DOCUMENTED_ENCODERS, "resnet18", "resnet34", "efficientnet-b0")
@@ -53,7 +64,11 @@ class TrainForm:
     """The Train widget's fields."""
 
     root: str = ""
+    #: the recipe (config.PRESETS) the model and optimisation fields started from
+    preset: str = DEFAULT_PRESET
     layout: str = D.data.layout
+    #: the layout reader's options, "level=1, patch_size=512" (DataConfig.layout_options)
+    layout_options: str = ""
     strict: bool = D.data.strict
     val_fraction: float = D.data.val_fraction
     test_fraction: float = D.data.test_fraction
@@ -91,7 +106,9 @@ class TrainForm:
         else:
             raise ValueError(f"encoder weights must be one of {WEIGHTS}, got {self.weights!r}")
         lr = _number(self.lr, "learning rate")
-        base = RunConfig()
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        base = RunConfig.from_preset(self.preset)
         run = RunConfig(
             model=ModelConfig(**{**base.model.to_dict(), "encoder_name": self.encoder.strip(),
                                  "encoder_weights": weights, "task": self.task,
@@ -99,6 +116,7 @@ class TrainForm:
             preprocessing=Preprocessing(image_size=int(self.image_size)),
             data=DataConfig(**{**base.data.to_dict(), "root": self.root.strip(), "layout": self.layout,
                                "strict": bool(self.strict),
+                               "layout_options": parse_layout_options(self.layout_options),
                                "val_fraction": float(self.val_fraction), "test_fraction": float(self.test_fraction),
                                "seed": int(self.seed), "max_samples": int(self.max_samples) or None,
                                "augment": AugmentConfig(**{**base.data.augment.to_dict(),
@@ -108,8 +126,28 @@ class TrainForm:
                                  "w_cls": float(self.w_cls),
                                  "early_stopping_patience": int(self.patience) or None,
                                  "device": self.device, "seed": int(self.seed)}),
+            interactive=base.interactive,
+            preset=base.preset,
         )
         return run
+
+    @classmethod
+    def for_preset(cls, name: str, like: TrainForm | None = None) -> TrainForm:
+        """``like`` (data, split, output ...) with the model and optimisation fields of the preset ``name``."""
+        run = RunConfig.from_preset(name)
+        recipe = {"preset": name, "encoder": run.model.encoder_name,
+                  "weights": "imagenet" if run.model.encoder_weights == "imagenet" else "none",
+                  "weights_file": "", "task": run.model.task, "interactive": run.model.prompts,
+                  "image_size": run.preprocessing.image_size, "w_seg": run.train.w_seg, "w_cls": run.train.w_cls,
+                  "epochs": run.train.epochs, "batch_size": run.train.batch_size, "lr": f"{run.train.lr:g}",
+                  "patience": run.train.early_stopping_patience or 0}
+        return dataclasses.replace(like or cls(), **recipe)
+
+    @staticmethod
+    def layout_options_text(options: dict[str, Any]) -> str:
+        """DataConfig.layout_options as the form's field shows them."""
+        words = {True: "true", False: "false", None: "none"}
+        return ", ".join(f"{k}={words[v] if v is None or isinstance(v, bool) else v}" for k, v in options.items())
 
     def run_folder(self, now: _dt.datetime | None = None) -> Path:
         """A new folder for this run under the output root (nothing existing is reused)."""

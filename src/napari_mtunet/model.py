@@ -100,7 +100,7 @@ class MultiTaskUNet(nn.Module):
             classes=int(config.seg_classes),
             aux_params=aux,
         )
-        self.encoder = unet.encoder
+        self.encoder = freeze_unused_parts(unet.encoder)
         self.decoder = unet.decoder if config.task != "cls" else None
         self.segmentation_head = unet.segmentation_head if config.task != "cls" else None
         self.classification_head = unet.classification_head
@@ -190,9 +190,9 @@ def build_model(config: ModelConfig, preprocessing: Preprocessing | None = None)
             )
         import segmentation_models_pytorch as smp
 
-        model.encoder = smp.encoders.get_encoder(
+        model.encoder = freeze_unused_parts(smp.encoders.get_encoder(
             config.encoder_name, depth=int(config.encoder_depth), weights="imagenet"
-        )
+        ))
         model.weights_provenance = {"weights": "imagenet", "source": "timm hub"}
     else:
         model.weights_provenance = load_pretrained(model.encoder, config.encoder_name, weights)
@@ -200,6 +200,24 @@ def build_model(config: ModelConfig, preprocessing: Preprocessing | None = None)
         _widen_first_conv(model.encoder, config.guidance_channels)
         model.config = config
     return model
+
+
+#: Parts of an encoder that its feature forward never calls: smp's EfficientNet encoders keep timm's
+#: ``conv_head`` and ``bn2`` (the classifier's 1x1 convolution), though only the stem and the blocks run.
+UNUSED_ENCODER_PARTS = ("conv_head", "bn2")
+
+
+def freeze_unused_parts(encoder: nn.Module) -> nn.Module:
+    """``encoder`` with the parts its forward never calls frozen (``requires_grad`` off): under torchrun,
+    DistributedDataParallel stops with "parameters that were not used in producing loss" at the first step
+    when a trainable parameter gets no gradient, and the optimiser has nothing to do with them.  They stay in
+    the state dict, so pretrained weights and saved checkpoints load as before."""
+    if hasattr(encoder, "conv_head") and hasattr(encoder, "blocks"):  # the timm EfficientNet family
+        for name in UNUSED_ENCODER_PARTS:
+            part = getattr(encoder, name, None)
+            if isinstance(part, nn.Module):
+                part.requires_grad_(False)
+    return encoder
 
 
 def _widen_first_conv(encoder: nn.Module, extra: int) -> None:

@@ -27,8 +27,11 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-#: The marker file of an output folder (hidden: dataset readers skip dot files).
-MARKER = ".mtunet-output"
+from .data.formats import OUTPUT_MARKER as MARKER
+from .data.formats import is_image_file, is_output_dir
+
+__all__ = ["MARKER", "OutputLocationError", "check_output_dir", "claim_output_dir", "describe_write_error",
+           "is_output_dir", "mark_output_dir"]
 #: Files that make a folder a dataset's (besides images): a generic layout's table, ISIC/SIIM/PANDA CSVs.
 DATA_FILE_SUFFIXES = (".csv",)
 
@@ -46,8 +49,6 @@ def _resolved(p: str | os.PathLike) -> Path:
 
 def _input_files_in(folder: Path, limit: int = 3) -> list[str]:
     """Up to ``limit`` names of data files (images, CSV tables) directly inside ``folder``."""
-    from .data.io import is_image_file  # torch-free
-
     found: list[str] = []
     try:
         entries = sorted(folder.iterdir())
@@ -91,16 +92,6 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
                 raise OutputLocationError(
                     f"the {what} {out} lies inside the input {item} and already holds its files "
                     f"({', '.join(files)}): outputs would lie among them. Choose a new folder")
-
-
-def is_output_dir(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is one napari-mtunet wrote outputs into (it carries :data:`MARKER`).
-
-    Only the folder itself counts: its parents may be the user's (a marked run folder inside ``~/work``
-    must not make ``~/work/scans`` an output folder).  Sub-folders napari-mtunet fills (``masks/``) carry
-    their own marker.
-    """
-    return (Path(folder) / MARKER).is_file()
 
 
 def claim_output_dir(folder: str | os.PathLike, kind: str) -> bool:

@@ -46,7 +46,8 @@ _LAZY: dict[str, str] = {
         "splits",
     ),
     **dict.fromkeys(["JointTransform", "build_transforms"], "transforms"),
-    **dict.fromkeys(["remove_generic_sample", "write_generic_sample"], "writer"),
+    **dict.fromkeys(["NewSample", "append_generic_samples", "copy_generic_samples", "remove_generic_sample",
+                     "write_generic_dataset", "write_generic_sample"], "writer"),
 }
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
@@ -93,7 +94,14 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         train_val_test_split,
     )
     from .transforms import JointTransform, build_transforms
-    from .writer import write_generic_sample
+    from .writer import (
+        NewSample,
+        append_generic_samples,
+        copy_generic_samples,
+        remove_generic_sample,
+        write_generic_dataset,
+        write_generic_sample,
+    )
 
 __all__ = [
     "DataError", "DatasetReport", "DatasetSummary", "DatasetValidationError", "DuplicateCluster", "EmptyDatasetError",
@@ -104,6 +112,7 @@ __all__ = [
     "image_hashes", "kfold_splits", "load_dataset", "load_sample", "load_splits", "make_dataloader", "read_image",
     "read_image_info", "read_mask", "read_region", "rle_decode", "rle_encode", "sample_key", "save_splits",
     "split_for_config", "split_groups", "tiff_levels", "train_val_test_split", "write_generic_sample",
+    "NewSample", "append_generic_samples", "copy_generic_samples", "remove_generic_sample", "write_generic_dataset",
 ]
 
 

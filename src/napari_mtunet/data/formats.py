@@ -61,6 +61,21 @@ def check_pixel_count(height: int, width: int, path: str | Path | None, *, what:
         )
 
 
+#: The marker file of a folder napari-mtunet wrote outputs into (hidden: dataset readers skip dot files); such
+#: a folder is never read as data (the rule for outputs: :mod:`napari_mtunet.outputs`).
+OUTPUT_MARKER = ".mtunet-output"
+
+
+def is_output_dir(folder: str | Path) -> bool:
+    """Whether ``folder`` is one napari-mtunet wrote outputs into (it carries :data:`OUTPUT_MARKER`).
+
+    Only the folder itself counts: its parents may be the user's (a marked run folder inside ``~/work``
+    must not make ``~/work/scans`` an output folder).  Sub-folders napari-mtunet fills (``masks/``) carry
+    their own marker.
+    """
+    return (Path(folder) / OUTPUT_MARKER).is_file()
+
+
 def is_image_file(path: str | Path) -> bool:
     """True when the extension is one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

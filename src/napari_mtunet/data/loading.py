@@ -160,10 +160,6 @@ class DatasetReport:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if is_warning(p)]
 
-    @property
-    def skipped_files(self) -> list[str]:
-        return [p.file for p in self.problems if p.action == "skipped"]
-
     def format(self, max_problems: int = 30) -> str:
         out = [self.summary.format()]
         if self.problems:
@@ -239,7 +235,8 @@ def load_dataset(
     dhash_max: int = DHASH_MAX_DISTANCE,
     min_per_class: int = 3,
     num_threads: int | None = None,
-    **layout_options: Any,
+    layout_options: dict[str, Any] | None = None,
+    **options: Any,
 ) -> DatasetReport:
     """Read a dataset folder into validated :class:`Sample` records plus a report.
 
@@ -261,13 +258,15 @@ def load_dataset(
     min_per_class : classes with fewer samples get a ``too_few_samples`` warning.
     layout_options : passed to the layout reader (e.g. ``label_column`` for
         ``lgg``; ``level``, ``patch_size``, ``min_tissue``,
-        ``max_patches_per_slide`` for ``panda``; ``csv_name`` for ``siim``).
+        ``max_patches_per_slide`` for ``panda``; ``csv_name`` for ``siim``),
+        as :attr:`~napari_mtunet.config.DataConfig.layout_options` holds them;
+        further keyword arguments are added to them.
     """
     if require not in REQUIRE_CHOICES:
         raise DataError(f"require must be one of {REQUIRE_CHOICES}, got {require!r}")
     root = Path(root).expanduser()
     name, data_root = _resolve(root, layout)
-    res = load_layout(name, data_root, layout_options)
+    res = load_layout(name, data_root, {**(layout_options or {}), **options})
     problems = list(res.problems)
     samples = list(res.samples)
 

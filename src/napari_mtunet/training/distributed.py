@@ -6,34 +6,10 @@ gloo on CPU, nccl on CUDA.  Every helper is a no-op in a single process.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass
-class DistEnv:
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @classmethod
-    def from_environ(cls) -> DistEnv:
-        return cls(
-            int(os.environ.get("WORLD_SIZE", "1")),
-            int(os.environ.get("RANK", "0")),
-            int(os.environ.get("LOCAL_RANK", "0")),
-        )
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from ..torchrun import DistEnv
 
 
 class Distributed:

@@ -9,7 +9,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .metrics import N_BOOTSTRAP, EvaluationReport, classification_metrics, segmentation_metrics
+from .metrics import (
+    N_BOOTSTRAP,
+    EvaluationReport,
+    balanced_accuracy,
+    classification_metrics,
+    dice_iou_from_sums,
+    pooled_dice,
+    seg_sums,
+    segmentation_metrics,
+)
 
 
 @dataclass
@@ -76,6 +85,62 @@ def predict_dataset(
         pred_masks=cat(pmask),
         true_masks=cat(tmask),
     )
+
+
+@dataclass
+class ImageScores:
+    """Per-image scores of a model's predictions, in dataset order: the one scorer of fine-tuning (before and
+    after), the fine-tuning study and the experiments' kept predictions."""
+
+    labels: np.ndarray  # (N,) true class, -1 = none
+    has_label: np.ndarray  # (N,) bool
+    predicted: np.ndarray | None  # (N,) predicted class; None without a class head
+    has_mask: np.ndarray  # (N,) bool
+    inter: np.ndarray | None  # (N,) |P & T| in pixels; None without a segmentation head
+    p_sum: np.ndarray | None  # (N,) |P|
+    t_sum: np.ndarray | None  # (N,) |T|
+
+    @classmethod
+    def from_predictions(cls, preds: DatasetPredictions) -> ImageScores:
+        sums = seg_sums(preds.pred_masks, preds.true_masks) if preds.pred_masks is not None else (None,) * 3
+        predicted = preds.probabilities.argmax(1) if preds.probabilities is not None else None
+        return cls(preds.labels, preds.has_label, predicted, preds.has_mask, *sums)
+
+    @property
+    def dice(self) -> np.ndarray | None:
+        """(N,) per-image Dice (both masks empty = 1)."""
+        return None if self.inter is None else dice_iou_from_sums(self.inter, self.p_sum, self.t_sum)[0]
+
+    @property
+    def iou(self) -> np.ndarray | None:
+        return None if self.inter is None else dice_iou_from_sums(self.inter, self.p_sum, self.t_sum)[1]
+
+    def summary(self) -> dict[str, float]:
+        """``n``; over the images with a mask, the mean per-image ``dice`` and ``dice_pooled`` (all pixels pooled:
+        stable on a handful of images, where one empty mask flips a per-image Dice 0 <-> 1); over the images
+        with a class, ``accuracy`` and ``balanced_accuracy``."""
+        out: dict[str, float] = {"n": float(len(self.labels))}
+        if self.inter is not None and self.has_mask.any():
+            sel = self.has_mask
+            out["dice"] = float(self.dice[sel].mean())
+            out["dice_pooled"] = pooled_dice(self.inter[sel], self.p_sum[sel], self.t_sum[sel])
+        if self.predicted is not None and self.has_label.any():
+            sel = self.has_label
+            y, p = self.labels[sel], self.predicted[sel]
+            out["accuracy"] = float((y == p).mean())
+            out["balanced_accuracy"] = balanced_accuracy(y, p)
+        return out
+
+
+def score_images(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    *,
+    device: str | torch.device = "cpu",
+    postprocessing=None,
+) -> ImageScores:
+    """Predict ``data`` (post-processing applied as in :func:`predict_dataset`) and score every image."""
+    return ImageScores.from_predictions(predict_dataset(model, data, device=device, postprocessing=postprocessing))
 
 
 def _refuse_non_finite(out, batch, n: int) -> None:

@@ -235,7 +235,7 @@ def _batched_auc(y_true: np.ndarray, y_prob: np.ndarray, k: int):
 
 def dice_iou_per_image(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks ``(N, H, W)`` with the empty-mask convention."""
-    return _dice_iou_from_sums(*seg_sums(pred, true))
+    return dice_iou_from_sums(*seg_sums(pred, true))
 
 
 def seg_sums(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,7 +256,8 @@ def _seg_sums(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (p & t).sum(1).astype(np.float64), p.sum(1).astype(np.float64), t.sum(1).astype(np.float64)
 
 
-def _dice_iou_from_sums(inter, p_sum, t_sum) -> tuple[np.ndarray, np.ndarray]:
+def dice_iou_from_sums(inter, p_sum, t_sum) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU from the sums of :func:`seg_sums` (both masks empty = 1)."""
     denom = p_sum + t_sum
     union = denom - inter
     both_empty = denom == 0
@@ -282,7 +283,22 @@ def segmentation_metrics(
     if pred.shape != true.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground truth {true.shape}")
     inter, p_sum, t_sum = _seg_sums(pred, true) if len(pred) else (np.zeros(0),) * 3
-    dice, iou = _dice_iou_from_sums(inter, p_sum, t_sum)
+    return segmentation_metrics_from_sums(inter, p_sum, t_sum, split=split, n_boot=n_boot, seed=seed)
+
+
+def segmentation_metrics_from_sums(
+    inter: np.ndarray,
+    p_sum: np.ndarray,
+    t_sum: np.ndarray,
+    *,
+    split: str = "test",
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, MetricValue]:
+    """:func:`segmentation_metrics` from the per-image sums of :func:`seg_sums` (``|P&T|, |P|, |T|``), e.g. of
+    predictions kept from several runs (the experiments' pooled out-of-fold metrics)."""
+    inter, p_sum, t_sum = (np.asarray(v, dtype=np.float64) for v in (inter, p_sum, t_sum))
+    dice, iou = dice_iou_from_sums(inter, p_sum, t_sum)
     pos = np.flatnonzero(t_sum > 0)
 
     def mean_of(arr, subset=None):

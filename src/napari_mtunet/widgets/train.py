@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
+from ..config import PRESETS
 from ..forms import ENCODER_NOTES, ENCODERS, LAYOUT_NAMES, WEIGHTS, TrainForm, default_output_root
 from ._controls import DeviceCombo, PathEdit, combo
 from ._job import JobWidget
@@ -65,6 +66,10 @@ class TrainWidget(JobWidget):
         # data
         self.data_root = PathEdit("dir", placeholder="dataset folder (any supported layout)")
         self.layout_choice = combo(["auto", *LAYOUT_NAMES], "auto")
+        self.layout_options = QLineEdit()
+        self.layout_options.setPlaceholderText("none (e.g. level=1, patch_size=512 for PANDA)")
+        self.layout_options.setToolTip("Options of the layout reader, NAME=VALUE separated by commas "
+                                       "(docs/datasets.md); saved in the run config (mtunet --layout-option)")
         self.val_fraction = _dspin(0.0, 0.9, 0.15, 0.05)
         self.test_fraction = _dspin(0.0, 0.9, 0.15, 0.05)
         self.seed = QSpinBox()
@@ -75,6 +80,11 @@ class TrainWidget(JobWidget):
         self.augment = QCheckBox("augmentation (rotation, flips, shear)")
         self.strict = QCheckBox("strict (refuse a dataset with any problem)")
         # model
+        self.preset = combo(sorted(PRESETS), TrainForm().preset)
+        self.preset.setToolTip(
+            "The recipe to start from: cpu = the model two CPU cores train in about 30 minutes; gpu = the paper's "
+            "budget (256 px, 50 epochs, batch 32, early stopping). Choosing one sets the model and optimisation "
+            "fields below; change any of them after (mtunet train --preset)")
         self.encoder = combo(ENCODERS, ENCODERS[0], editable=True)
         self.encoder_note = QLabel("")
         self.encoder_note.setWordWrap(True)
@@ -119,6 +129,7 @@ class TrainWidget(JobWidget):
         f = QFormLayout(data_box)
         f.addRow("Folder", self.data_root)
         f.addRow("Layout", self.layout_choice)
+        f.addRow("Layout options", self.layout_options)
         split = QHBoxLayout()
         split.addWidget(QLabel("val"))
         split.addWidget(self.val_fraction)
@@ -131,6 +142,7 @@ class TrainWidget(JobWidget):
         f.addRow("", self.strict)
         model_box = QGroupBox("Model")
         f = QFormLayout(model_box)
+        f.addRow("Preset", self.preset)
         f.addRow("Encoder", self.encoder)
         f.addRow("", self.encoder_note)
         f.addRow("Encoder weights", self.encoder_weights)
@@ -168,6 +180,7 @@ class TrainWidget(JobWidget):
         self.start_button.clicked.connect(self.start_or_stop)
         self.encoder_weights.currentTextChanged.connect(lambda t: self.weights_file.setEnabled(t == "local file"))
         self.encoder.currentTextChanged.connect(self._describe_encoder)
+        self.preset.currentTextChanged.connect(self._apply_preset)
         self.state.data_config_changed.connect(self.apply_data_config)
         self.set_form(TrainForm.from_dict(load_settings(SETTINGS)))
         if self.state.data_config is not None:
@@ -177,7 +190,8 @@ class TrainWidget(JobWidget):
 
     def form(self) -> TrainForm:
         return TrainForm(
-            root=self.data_root.value, layout=self.layout_choice.currentText(),
+            root=self.data_root.value, preset=self.preset.currentText(), layout=self.layout_choice.currentText(),
+            layout_options=self.layout_options.text(),
             val_fraction=float(self.val_fraction.value()), test_fraction=float(self.test_fraction.value()),
             seed=int(self.seed.value()), max_samples=int(self.max_samples.value()), augment=self.augment.isChecked(),
             strict=self.strict.isChecked(),
@@ -191,7 +205,12 @@ class TrainWidget(JobWidget):
 
     def set_form(self, form: TrainForm) -> None:
         self.data_root.value = form.root
+        if form.preset in PRESETS:
+            self.preset.blockSignals(True)  # the fields come from the form, not from the preset
+            self.preset.setCurrentText(form.preset)
+            self.preset.blockSignals(False)
         self.layout_choice.setCurrentText(form.layout)
+        self.layout_options.setText(form.layout_options)
         self.val_fraction.setValue(form.val_fraction)
         self.test_fraction.setValue(form.test_fraction)
         self.seed.setValue(int(form.seed))
@@ -215,6 +234,11 @@ class TrainWidget(JobWidget):
         self.out_dir.value = form.out_root
         self._describe_encoder(form.encoder)
 
+    def _apply_preset(self, name: str) -> None:
+        """The preset's model and optimisation fields; data, split and output stay as they are."""
+        if name in PRESETS:
+            self.set_form(TrainForm.for_preset(name, self.form()))
+
     def _describe_encoder(self, name: str) -> None:
         self.encoder_note.setText(ENCODER_NOTES.get(name.strip(), ""))
 
@@ -222,6 +246,7 @@ class TrainWidget(JobWidget):
         """Take the folder and split settings chosen in the Dataset widget."""
         self.data_root.value = cfg.root
         self.layout_choice.setCurrentText(cfg.layout)
+        self.layout_options.setText(TrainForm.layout_options_text(getattr(cfg, "layout_options", {}) or {}))
         self.strict.setChecked(bool(cfg.strict))  # the Dataset widget's "strict" reaches training
         self.val_fraction.setValue(cfg.val_fraction)
         self.test_fraction.setValue(cfg.test_fraction)

@@ -11,8 +11,8 @@ added records where its class comes from (``class_source`` in
 ``labels.csv``: ``confirmed`` by the user, or the dataset's
 ``ground_truth``), and a class nobody confirmed is refused unless the caller
 asks for it explicitly (``allow_predicted``; then it is recorded as
-``predicted``).  This is the one writer of corrections to the dataset folder
-format (through :func:`napari_mtunet.data.writer.write_generic_sample`).
+``predicted``).  Corrections reach the dataset folder through the one writer
+of that format, :mod:`napari_mtunet.data.writer` (all the items of a call or none).
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def add_samples(root: str | os.PathLike, items: Sequence[SampleItem], *, group: 
                 allow_predicted: bool = False) -> list[AddedSample]:
     """Write ``items`` as new samples of the generic-layout dataset ``root``; ``labels.csv`` records the
     source image (and slice), the model whose prediction was corrected and where each class comes from
-    (``class_source``).  Items whose class nobody confirmed are refused unless ``allow_predicted``."""
-    from ..data.writer import write_generic_sample
+    (``class_source``).  Items whose class nobody confirmed are refused unless ``allow_predicted``.  All the
+    items are written, or none (a failure leaves the folder as it was)."""
+    from ..data.writer import NewSample, append_generic_samples  # the Annotate widget imports this module: light
 
     missing = [i for i, it in enumerate(items) if not it.label]
     if missing:
@@ -114,13 +115,13 @@ def add_samples(root: str | os.PathLike, items: Sequence[SampleItem], *, group: 
         raise ValueError(
             f"the class of {where} is only the model's prediction ({guessed[0].label}); confirm it or pick "
             "your class first (nothing was written)")
-    out = []
+    new = []
     for it in items:
         src = None if source is None else (source if it.slice_index is None else f"{source} [{it.slice_index}]")
-        res = write_generic_sample(root, it.image, it.mask, it.label, group=group,
-                                   extra={"source": src, "model": model, "class_source": it.label_source})
-        out.append(AddedSample(str(root), str(res.image), it.image, it.mask, it.label))
-    return out
+        new.append(NewSample(it.image, it.mask, it.label, group,
+                             extra={"source": src, "model": model, "class_source": it.label_source}))
+    written = append_generic_samples(root, new)
+    return [AddedSample(str(root), str(res.image), it.image, it.mask, it.label) for it, res in zip(items, written)]
 
 
 def undo_sample(sample: AddedSample) -> list[Path]:

@@ -112,7 +112,8 @@ def load(
     cfg = data if isinstance(data, DataConfig) else DataConfig(root=str(data))
     if not cfg.root:
         raise ValueError("no dataset folder given")
-    rep = load_dataset(Path(cfg.root), layout=cfg.layout, strict=cfg.strict, class_names=class_names)
+    rep = load_dataset(Path(cfg.root), layout=cfg.layout, strict=cfg.strict, class_names=class_names,
+                       layout_options=cfg.layout_options)
     loaded = LoadedData(root=Path(rep.root), layout=str(rep.layout), samples=list(rep.samples),
                         class_names=list(class_names) if class_names else list(rep.class_names),
                         problems=list(rep.problems), report=rep)

@@ -28,8 +28,11 @@ class EvaluationOutcome:
     n_images: int
 
 
-def _select(checkpoint, dataset, split: str, layout: str):
-    """(model, info, loaded dataset, indices or None for all, the split scored) for an evaluation."""
+def _select(checkpoint, dataset, split: str, layout: str, layout_options: dict[str, Any] | None):
+    """(model, info, loaded dataset, indices or None for all, the split scored) for an evaluation.
+
+    ``layout_options`` None: the run's own options when ``dataset`` is the folder it was trained on or a folder
+    above it (PANDA patches at the level trained on, so its split is found again), none otherwise."""
     from ..checkpoint import load_checkpoint
     from .data import load, make_split, split_indices
 
@@ -37,14 +40,19 @@ def _select(checkpoint, dataset, split: str, layout: str):
         raise EvaluationError(f"split must be auto, test, val, train or all, got {split!r}")
     model, info = load_checkpoint(checkpoint, device="cpu")
     run = info.run
-    loaded = load(DataConfig(root=str(dataset), layout=layout))
+    stored = run.data
+    if layout_options is None:
+        trained_on = Path(stored.root).resolve() if stored.root else None
+        here = Path(dataset).resolve()
+        holds_it = trained_on is not None and (trained_on == here or here in trained_on.parents)
+        layout_options = stored.layout_options if holds_it else {}
+    loaded = load(DataConfig(root=str(dataset), layout=layout, layout_options=dict(layout_options)))
     unknown = sorted({s.label for s in loaded.samples if s.label} - set(info.class_names))
     if unknown and model.classification_head is not None:
         raise EvaluationError(
             f"{dataset}: dataset classes {unknown} are unknown to the model {info.name} (classes {info.class_names})"
         )
     loaded.class_names = list(info.class_names)
-    stored = run.data
     same_data = bool(stored.root) and Path(stored.root).resolve() == loaded.root.resolve()
     if split == "auto":
         split = "test" if same_data else "all"
@@ -57,7 +65,8 @@ def _select(checkpoint, dataset, split: str, layout: str):
         )
     cfg = stored.replace(split_file=None)  # re-derived in memory, never read from or written to a recorded path
     if cfg.max_samples:
-        loaded = load(cfg.replace(root=str(loaded.root), layout=layout), class_names=info.class_names)
+        loaded = load(cfg.replace(root=str(loaded.root), layout=layout, layout_options=dict(layout_options)),
+                      class_names=info.class_names)
     idx = split_indices(loaded, make_split(loaded, cfg))[split]
     if len(idx) == 0:
         raise EvaluationError(f"{checkpoint}: its run has no {split} images (fraction 0); use another split")
@@ -73,12 +82,13 @@ def evaluate(
     device: str = "auto",
     threshold: float = 0.5,
     n_boot: int = 1000,
+    layout_options: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
     from ..training import evaluate_model
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise EvaluationError(f"threshold must be in [0, 1], got {threshold}")
-    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout)
+    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout, layout_options)
     ds = loaded.dataset(idx, info.preprocessing)
     report = evaluate_model(model, ds, split=split, device=device, threshold=threshold, n_boot=n_boot,
                             postprocessing=info.postprocessing)
@@ -96,6 +106,7 @@ def evaluate_interactive(
     stop_iou: float = 0.90,
     n_boot: int = 1000,
     progress: Any = None,
+    layout_options: dict[str, Any] | None = None,
 ) -> EvaluationOutcome:
     """The simulated user (box prompt, then clicks; RITM protocol) on every image with an object in the split,
     through the Predictor at each image's own resolution (:mod:`napari_mtunet.training.interactive`)."""
@@ -103,7 +114,7 @@ def evaluate_interactive(
     from ..inference import Predictor
     from ..training.interactive import evaluate_interactive as run_protocol
 
-    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout)
+    model, info, loaded, idx, split = _select(checkpoint, dataset, split, layout, layout_options)
     if not model.config.prompts:
         raise EvaluationError(f"{checkpoint}: the model {info.name} was trained without prompts; interactive "
                               "evaluation needs a model trained with --interactive")

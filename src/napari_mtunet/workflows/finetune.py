@@ -105,25 +105,14 @@ def paired_change(before: Any, after: Any) -> tuple[float, float, float, int] | 
 
 
 def scores(model: Any, dataset: Any, device: Any, postprocessing: Any = None) -> dict[str, Any]:
-    """Per-image Dice (mean) and class accuracy of ``model`` on ``dataset`` (items with masks / labels)."""
-    from ..training import predict_dataset
-    from ..training.metrics import balanced_accuracy, dice_iou_per_image, pooled_dice, seg_sums
+    """Per-image Dice (mean, pooled and per image: for paired before/after changes) and class accuracy of
+    ``model`` on ``dataset`` (items with masks / labels): :class:`~napari_mtunet.training.evaluate.ImageScores`."""
+    from ..training.evaluate import score_images
 
-    preds = predict_dataset(model, dataset, device=device, postprocessing=postprocessing)
-    out: dict[str, Any] = {"n": float(len(preds.labels))}
-    if preds.pred_masks is not None and preds.has_mask.any():
-        sel = preds.has_mask
-        pm, tm = preds.pred_masks[sel], preds.true_masks[sel]
-        per_image = dice_iou_per_image(pm, tm)[0]
-        out["dice"] = float(per_image.mean())
-        out["dice_per_image"] = [float(v) for v in per_image]  # (paired before/after changes)
-        # pooled over all pixels: stable on a handful of images, where one empty mask flips a per-image Dice 0 <-> 1
-        out["dice_pooled"] = pooled_dice(*seg_sums(pm, tm))
-    if preds.probabilities is not None and preds.has_label.any():
-        sel = preds.has_label
-        y, p = preds.labels[sel], preds.probabilities[sel].argmax(1)
-        out["accuracy"] = float((y == p).mean())
-        out["balanced_accuracy"] = balanced_accuracy(y, p)
+    scored = score_images(model, dataset, device=device, postprocessing=postprocessing)
+    out: dict[str, Any] = scored.summary()
+    if "dice" in out:
+        out["dice_per_image"] = [float(v) for v in scored.dice[scored.has_mask]]
     return out
 
 
@@ -271,6 +260,9 @@ def iter_finetune(
         p for p in (unlabelled or ()) if isinstance(p, (str, os.PathLike))]
     check_output_dir(out_dir, [p for p in (dataset, replay) if p] + unl_paths, what="output folder of the fine-tuning")
     unl_items = _unlabelled_items(unlabelled)
+    if unl_items and cfg.bn_mode(True) == "keep":
+        raise FinetuneError("uncorrected images adapt the BatchNorm statistics, which adapt_bn 'keep' leaves as "
+                            "they are: use adapt_bn 'auto', 'new' or 'mix', or leave the uncorrected images out")
     with RunFolder(out_dir) as folder:
         if folder.checkpoints():
             raise RunFolderError(f"{folder.path} already holds checkpoints; choose another output folder")
@@ -333,12 +325,13 @@ def iter_finetune(
 
             unl = UnlabelledDataset(unl_items, pre)
             unl_source = _describe_unlabelled(unlabelled, unl_items, unlabelled_name)
+        bn_mode = cfg.bn_mode(unl is not None)
         adapted = {"source": unl_source, "n_unlabelled": len(unl) if unl is not None else 0,
-                   "n_corrections": n_new, "adapt_bn": cfg.adapt_bn}
-        if cfg.adapt_bn != "keep":
+                   "n_corrections": n_new, "adapt_bn": bn_mode}
+        if bn_mode != "keep":
             new_domain = [new_train_plain] + ([unl] if unl is not None else [])
             old_domain = None
-            if cfg.adapt_bn == "mix" and replay_src is not None and len(replay_src[1]):
+            if bn_mode == "mix" and replay_src is not None and len(replay_src[1]):
                 n_new_domain = sum(len(d) for d in new_domain)
                 rng = np.random.default_rng(cfg.seed + 1)
                 pool = replay_src[1]

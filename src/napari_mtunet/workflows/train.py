@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from ..config import RunConfig
 from ..events import CancelToken, Status, TrainEvent
+from ..torchrun import is_main_process
 
 SPLITS_NAME = "splits.json"
 TEST_REPORT_NAME = "test_report.json"
@@ -76,7 +77,7 @@ class RunFolder:
 
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path}: exists and is not a folder; choose another output folder")
-        if int(os.environ.get("RANK", "0")) != 0:
+        if not is_main_process():
             self.path.mkdir(parents=True, exist_ok=True)
             return self  # under torchrun, rank 0 holds the folder for the whole run
         self.created = not self.path.exists()
@@ -220,7 +221,7 @@ def iter_train(
     check_can_start(run, out_dir, resume=resume, data_root=getattr(loaded, "root", None))  # before any file is written
     with RunFolder(out_dir) as folder:
         out = folder.path
-        is_main = int(os.environ.get("RANK", "0")) == 0
+        is_main = is_main_process()
         resume_path = Path(resume) if resume is not None else None
         if is_main and resume_path is None and folder.checkpoints():
             raise RunFolderError(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, Problem
+from ..formats import is_output_dir
 from ..io import is_image_file
 from ..samples import Sample
 
@@ -70,9 +71,7 @@ def list_files(folder: Path) -> list[Path]:
 
 def list_dirs(folder: Path) -> list[Path]:
     """Visible sub-folders, naturally sorted; folders napari-mtunet wrote outputs into (run folders,
-    predictions: :func:`napari_mtunet.outputs.is_output_dir`) are never data."""
-    from ...outputs import is_output_dir
-
+    predictions: :func:`~napari_mtunet.data.formats.is_output_dir`) are never data."""
     return sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")) and not is_output_dir(p)),
         key=lambda p: natural_key(p.name),
@@ -123,8 +122,6 @@ def csv_header(path: Path) -> list[str]:
 
 def find_files(root: Path, pattern: str, max_depth: int = 3) -> list[Path]:
     """Files matching a glob pattern in ``root`` and up to ``max_depth`` levels below."""
-    from ...outputs import is_output_dir
-
     out: list[Path] = []
     for depth in range(max_depth + 1):
         out.extend(p for p in root.glob("/".join(["*"] * depth + [pattern])) if p.is_file())

@@ -31,15 +31,16 @@ from ._common import LayoutResult, image_files, list_dirs, list_files, member_na
 NAME = "generic"
 LABELS_CSV = "labels.csv"
 IMAGES_DIR = "images"
+MASKS_DIR = "masks"
 
 
 def detect(root: Path) -> bool:
-    return (root / "images").is_dir() and any(is_image_file(p) for p in list_files(root / "images"))
+    return (root / IMAGES_DIR).is_dir() and any(is_image_file(p) for p in list_files(root / IMAGES_DIR))
 
 
 def load(root: Path) -> LayoutResult:
     res = LayoutResult()
-    img_dir, mask_dir = root / "images", root / "masks"
+    img_dir, mask_dir = root / IMAGES_DIR, root / MASKS_DIR
     images = image_files(img_dir)
     for p in list_files(img_dir):
         if not is_image_file(p):

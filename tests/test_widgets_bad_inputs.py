@@ -3,7 +3,7 @@
 tests/test_widgets_*.py already cover the widgets' own argument errors (no
 checkpoint, a pickle as checkpoint, a 5-D layer, a non-dataset folder, wrong
 learning rate ...).  Here the files and arrays of
-tests/test_reliability_inputs.py reach the Dataset, Predict and Annotate
+tests/test_bad_inputs.py reach the Dataset, Predict and Annotate
 widgets.  "No traceback" = no napari ErrorNotification (what an uncaught
 exception becomes, shown with its traceback) and no exception escaping a Qt
 callback (pytest-qt fails the test on those).
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gui
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_fixtures import make_generic  # noqa: E402
-from test_reliability_inputs import BAD_IMAGES  # noqa: E402
+from test_bad_inputs import BAD_IMAGES  # noqa: E402
 
 CLASSES = ["a", "b", "c"]
 

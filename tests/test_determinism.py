@@ -1,4 +1,4 @@
-"""Reliability round 2 (issue 12), item 10: what "same seed, same result" guarantees on CPU.
+"""What "same seed, same result" guarantees on CPU.
 
 Guaranteed (pinned here): the same seed with the same number of torch CPU
 threads (``--threads N`` / ``torch.set_num_threads(N)``) gives bit-identical

@@ -1,4 +1,4 @@
-"""Reliability round 2 (issue 12), CSVs and the training-set writer: items 7 (CSV safety) and 8.
+"""CSV safety and the training-set writer: names a spreadsheet would run as formulas are neutralised, rows never lost.
 
 - class names / labels / groups that a spreadsheet would run as formulas
   (``=``, ``+``, ``-``, ``@``, tab, CR) are escaped in ``labels.csv`` and read

@@ -1,4 +1,4 @@
-"""Reliability round 2 (issue 12), data: items 2 (pixel limit), 3 (float scaling), 6 (paths), 7 (masks).
+"""Data limits: one pixel limit for every format, float scaling, paths and masks that are not what they seem.
 
 - one pixel limit for every format, checked from the header: a 100000 x
   100000 TIFF header (a few hundred bytes) and 20000 x 20000 TIFF/PNG

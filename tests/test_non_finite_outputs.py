@@ -1,7 +1,7 @@
-"""Reliability round 2 (issue 12), item 3: non-finite numbers never become confident answers.
+"""Non-finite numbers never become confident answers.
 
 Checkpoints with NaN/inf weights are refused at load
-(test_reliability_round2_checkpoint.py); here an *in-memory* model whose
+(test_checkpoint_limits.py); here an *in-memory* model whose
 weights went NaN (as after a diverged training step) is given to the
 Predictor and to evaluation: the Predictor raises
 :class:`~napari_mtunet.inference.NonFiniteOutputError` in every mode instead

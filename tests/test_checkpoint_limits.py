@@ -1,4 +1,4 @@
-"""Reliability round 2 (issue 12), checkpoints: items 2, 3 (weights), 9 (core).
+"""Checkpoints whose metadata or weights lie: refused before anything large is built or any weight is trusted.
 
 - a forged checkpoint whose metadata describes a far larger network than its
   tensors (hashes recomputed, so only the architecture check can catch it)
