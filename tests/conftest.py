@@ -80,3 +80,15 @@ def notifications(monkeypatch):
 def errors(notifications):
     """The error notifications the widgets showed."""
     return notifications["error"]
+
+
+@pytest.fixture
+def no_traceback():
+    """Fails the test if napari received an uncaught exception (shown to the user with a traceback)."""
+    pytest.importorskip("napari")
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    before = len(notification_manager.records)
+    yield
+    tracebacks = [n for n in notification_manager.records[before:] if isinstance(n, ErrorNotification)]
+    assert not tracebacks, [str(n.exception) for n in tracebacks]

@@ -43,17 +43,6 @@ def tiny_checkpoint(tmp_path_factory):
     return _checkpoint(tmp_path_factory.mktemp("ckpt") / "parent-run" / "best.safetensors")
 
 
-@pytest.fixture
-def no_traceback():
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    before = len(notification_manager.records)
-    yield
-    new = notification_manager.records[before:]
-    tracebacks = [n for n in new if isinstance(n, ErrorNotification)]
-    assert not tracebacks, [str(n.exception) for n in tracebacks]
-
-
 def wait_idle(qtbot, w, timeout=180_000):
     qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 

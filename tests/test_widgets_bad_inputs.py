@@ -44,20 +44,6 @@ def tiny_checkpoint(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", model)
 
 
-
-
-@pytest.fixture
-def no_traceback():
-    """Fails the test if napari received an uncaught exception (a traceback notification)."""
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    before = len(notification_manager.records)
-    yield
-    new = notification_manager.records[before:]
-    tracebacks = [n for n in new if isinstance(n, ErrorNotification)]
-    assert not tracebacks, [str(n.exception) for n in tracebacks]
-
-
 def wait_idle(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 

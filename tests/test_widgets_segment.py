@@ -170,17 +170,6 @@ def plain_ckpt(tmp_path_factory):
     return _checkpoint(tmp_path_factory.mktemp("seg") / "busi-plain" / "best.safetensors", False)
 
 
-@pytest.fixture
-def no_traceback():
-    pytest.importorskip("napari")
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    before = len(notification_manager.records)
-    yield
-    tracebacks = [n for n in notification_manager.records[before:] if isinstance(n, ErrorNotification)]
-    assert not tracebacks, [str(n.exception) for n in tracebacks]
-
-
 def _dock(viewer, qtbot, checkpoint=None):
     from napari_mtunet.widgets import SegmentWidget
 

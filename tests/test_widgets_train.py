@@ -35,18 +35,6 @@ def phantom_root(tmp_path_factory):
 
 
 @pytest.fixture
-def no_traceback():
-    """Fails the test if napari received an uncaught exception (shown to the user with a traceback)."""
-    from napari.utils.notifications import ErrorNotification, notification_manager
-
-    before = len(notification_manager.records)
-    yield
-    new = notification_manager.records[before:]
-    tracebacks = [n for n in new if isinstance(n, ErrorNotification)]
-    assert not tracebacks, [str(n.exception) for n in tracebacks]
-
-
-@pytest.fixture
 def worker_batches(tmp_path, monkeypatch):
     """The compute process logs each batch as the trainer emits it, and the moment Stop reaches it."""
     from compute_patches import patched_compute
