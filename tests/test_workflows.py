@@ -143,6 +143,25 @@ def test_evaluate_auto_split(trained, phantom, tmp_path):
         evaluate(ckpt, other, split="test", device="cpu")
 
 
+def test_evaluate_finds_the_test_split_of_a_run_trained_on_the_folder_above_its_dataset(phantom, tmp_path):
+    """`mtunet train busi/` reads busi/Dataset_BUSI_with_GT/: evaluating busi/ (or the inner folder) must score
+    the run's own test split, not every image (its training images included)."""
+    from napari_mtunet.data import load_splits
+    from napari_mtunet.data.loading import dataset_root
+
+    holder = tmp_path / "holder"
+    shutil.copytree(phantom, holder / "Dataset_inner")
+    assert dataset_root(holder) == (holder / "Dataset_inner").resolve()
+    assert dataset_root(tmp_path / "nothing") is None
+    outcome = drive(iter_train(tiny_run(holder), tmp_path / "run", n_boot=10))
+    ckpt = outcome.out_dir / "best.safetensors"
+    n_test = len(load_splits(outcome.split_file)[0].test)
+    for where in (holder, holder / "Dataset_inner"):
+        res = evaluate(ckpt, where, n_boot=10, device="cpu")
+        assert res.split == "test" and res.n_images == n_test, where
+    assert evaluate(ckpt, holder, split="val", n_boot=10, device="cpu").split == "val"
+
+
 # --------------------------------------------------------------------------- predict files
 
 

@@ -506,7 +506,11 @@ class Predictor:
         if prompts.box is not None and prompts.previous_mask is None and cfg.box_prior:
             prompts = prompts.with_mask(ellipse_in_box(arr.shape[:2], prompts.box))
         if prompts.needs_first_pass():
-            first = self._prompted_pass(arr, conv, prompts, (0, 0, *arr.shape[:2]))
+            # When the region around its result is run again, the whole-image pass only finds that region and
+            # the previous mask: it runs without test-time augmentation (a first click then costs 3 forward
+            # passes, not 4: benchmarks/bench_interactive.py).
+            first = self._prompted_pass(arr, conv, prompts, (0, 0, *arr.shape[:2]),
+                                        tta=not cfg.refine_first_click)
             if not cfg.refine_first_click or not first.mask.any():
                 return self._prompted_result(first, return_probability)
             prompts = prompts.with_mask(first.mask)
@@ -525,8 +529,10 @@ class Predictor:
             pred = self._prompted_pass(arr, conv, prompts, region)
         return self._prompted_result(pred, return_probability)
 
-    def _prompted_pass(self, arr: np.ndarray, conv: _Converter, prompts: Prompts, region: Region) -> Prediction:
-        """One forward pass over ``region`` with the prompts' guidance channels; the mask at the image's size."""
+    def _prompted_pass(self, arr: np.ndarray, conv: _Converter, prompts: Prompts, region: Region,
+                       tta: bool = True) -> Prediction:
+        """One forward pass over ``region`` with the prompts' guidance channels (mirrored too when the model's
+        post-processing, ``InteractiveConfig.tta`` and ``tta`` all say so); the mask at the image's size."""
         cfg = self.interactive
         h, w = arr.shape[:2]
         r0, c0, r1, c1 = region
@@ -537,7 +543,7 @@ class Predictor:
         size = (self.image_size, self.image_size)
         x = F.interpolate(self._to_tensor(crop), size=size, mode="bilinear", antialias=True, align_corners=False)
         guidance = torch.from_numpy(encode(prompts, region, size, cfg.click_radius))[None].to(x)
-        seg, cls = self._forward(torch.cat([x, guidance], dim=1), hflip_tta=self.postprocessing.hflip_tta and cfg.tta)
+        seg, cls = self._forward(torch.cat([x, guidance], dim=1), hflip_tta=self.postprocessing.hflip_tta and cfg.tta and tta)
         prob = np.zeros((h, w), np.float32)
         if seg is not None:
             p = F.interpolate(seg[:, :1].float(), size=(ch, cw), mode="bilinear", align_corners=False)

@@ -189,6 +189,15 @@ def _resolve(root: Path, layout: str) -> tuple[str, Path]:
     raise LayoutError(f"folder does not match the {layout!r} layout — {LAYOUTS[layout].description}{hint}", root)
 
 
+def dataset_root(root: str | Path, layout: str = "auto") -> Path | None:
+    """The folder whose files a dataset at ``root`` is read from (a layout may sit up to two levels below the
+    folder given: ``busi/`` holds ``Dataset_BUSI_with_GT/``); None when ``root`` holds no dataset (any more)."""
+    try:
+        return _resolve(Path(root).expanduser(), layout)[1].resolve()
+    except (LayoutError, OSError):
+        return None
+
+
 def _inspect(sample: Sample, want_hash: bool) -> tuple[SampleStats, ImageHashes | None]:
     image, mask = load_sample(sample)
     channels = 1 if image.ndim == 2 else image.shape[2]

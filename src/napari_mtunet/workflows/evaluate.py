@@ -34,6 +34,7 @@ def _select(checkpoint, dataset, split: str, layout: str, layout_options: dict[s
     ``layout_options`` None: the run's own options when ``dataset`` is the folder it was trained on or a folder
     above it (PANDA patches at the level trained on, so its split is found again), none otherwise."""
     from ..checkpoint import load_checkpoint
+    from ..data.loading import dataset_root
     from .data import load, make_split, split_indices
 
     if split not in ("auto", "test", "val", "train", "all"):
@@ -53,7 +54,10 @@ def _select(checkpoint, dataset, split: str, layout: str, layout_options: dict[s
             f"{dataset}: dataset classes {unknown} are unknown to the model {info.name} (classes {info.class_names})"
         )
     loaded.class_names = list(info.class_names)
-    same_data = bool(stored.root) and Path(stored.root).resolve() == loaded.root.resolve()
+    # The folder the run read its images from, as the layout resolves it (trained on busi/, evaluated on
+    # busi/Dataset_BUSI_with_GT/ or the other way round: the same images, so the same split).
+    trained_root = dataset_root(stored.root, stored.layout) if stored.root else None
+    same_data = trained_root is not None and trained_root == loaded.root.resolve()
     if split == "auto":
         split = "test" if same_data else "all"
     if split == "all":
