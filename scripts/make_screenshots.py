@@ -137,8 +137,7 @@ def main() -> None:
                 return lyr
         return None
 
-    if args.only is not None and set(args.only) <= {"segment_object"}:
-        wait(lambda: warm_up_done() and not state_for(viewer).overlay.prewarming, what="warm-up")
+    if args.only is not None and set(args.only) <= {"segment_object"}:  # warm-up starts with the first dock
         segment_object(viewer, busi, args, dock, wait, shot)
         finish(viewer, work, args, messages)
         return
@@ -287,7 +286,11 @@ def segment_object(viewer, busi: Path, args: argparse.Namespace, dock, wait, sho
     image = read_image(busi / cls / f"{args.segment_image}.png")
     lesions = [read_mask(m) > 0 for m in sorted((busi / cls).glob(f"{args.segment_image}_mask*.png"))]
     lesions = [m for m in lesions if m.any()]
+    from napari_mtunet.widgets._session import state_for
+    from napari_mtunet.widgets._warmup import warm_up_done
+
     sw = dock("Segment object")
+    wait(lambda: warm_up_done() and not state_for(viewer).overlay.prewarming, what="warm-up")
     sw.checkpoint.value = str(args.segment_model)
     viewer.add_image(image, name=args.segment_image, rgb=image.ndim == 3)
     wait(lambda: bool(sw._layers) and sw._model_meta is not None, what="segment widget")

@@ -261,7 +261,7 @@ class SegmentWidget(JobWidget):
                                    "the Annotate & fine-tune training set, with the class on the button")
         self.undo_add_button = QPushButton("Undo add")
         self.undo_add_button.setEnabled(False)
-        train_box = QGroupBox("Training set (Annotate & fine-tune)")
+        train_box = QGroupBox("Training set (Annotate && fine-tune)")
         tf = QFormLayout(train_box)
         tf.addRow("Folder", self.dataset_root)
         tf.addRow("Class", self.class_choice)
