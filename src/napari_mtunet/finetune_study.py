@@ -57,6 +57,7 @@ METHODS: dict[str, tuple[dict[str, Any], bool]] = {
     "bn_corrections_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "new"}, False),
     "bn_new": ({"steps_per_sample": 0, "adapt_bn": "new"}, True),
     "bn_new_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "new"}, True),
+    "bn_new_ft_lr3e-4": ({"lr": 3e-4, "adapt_bn": "new"}, True),  # the defaults with uncorrected images (auto)
     "bn_mix_ft_lr3e-5": ({"lr": 3e-5, "adapt_bn": "mix"}, True),
 }
 
