@@ -106,6 +106,7 @@ def test_input_pipeline(tmp_path, monkeypatch):
     assert len(doc["targets"]) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.gui
 def test_napari_responsiveness(tmp_path, monkeypatch):
     pytest.importorskip("napari")

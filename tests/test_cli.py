@@ -118,6 +118,7 @@ def test_module_entry_point_runs():
     assert r.returncode == 0 and "experiment" in r.stdout and "demo" in r.stdout
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(dataset, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -133,6 +134,7 @@ def test_ddp_two_gloo_processes(dataset, tmp_path):
     assert sorted(p.name for p in out.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
 
 
+@pytest.mark.slow
 def test_finetune_command(trained, dataset, tmp_path, capsys):
     from napari_mtunet.checkpoint import load_checkpoint
 
@@ -148,6 +150,7 @@ def test_finetune_command(trained, dataset, tmp_path, capsys):
     assert "fine-tuned checkpoint" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_run_settings_and_refuses_changes(trained, dataset, tmp_path, capsys):
     import shutil
 

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 CHILD = textwrap.dedent(
     """
     import json, sys, tempfile
@@ -59,6 +61,7 @@ def _runs(threads: int) -> list[dict]:
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_same_seed_and_thread_count_give_identical_weights_and_losses_agree_across_counts():
     one, two = _runs(1), _runs(2)
     assert one[0]["threads"] == 1 and two[0]["threads"] == 2

@@ -50,6 +50,7 @@ def test_paired_t_test_against_scipy():
     assert rows[0]["n_folds"] == 3 and rows[0]["mean_diff"] == pytest.approx(0.23 / 3)
 
 
+@pytest.mark.slow
 def test_tiny_experiment_end_to_end_and_resume(tmp_path):
     data = write_phantom_dataset(tmp_path / "data", n=18, size=64, seed=2)
     s = ExperimentSettings(

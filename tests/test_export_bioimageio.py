@@ -250,6 +250,7 @@ def test_export_refuses_to_overwrite_and_never_publishes_a_failing_package(check
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.zip"]  # nothing published, no temp files
 
 
+@pytest.mark.slow
 def test_seg_only_model_with_both_weights_formats_passes_the_test(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig(encoder_weights=None, task="seg"), Preprocessing(image_size=64)).eval()

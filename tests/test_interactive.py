@@ -213,6 +213,7 @@ def test_click_simulator_adds_clicks_in_the_error_region():
     assert out[0, PREVIOUS].sum() == 0  # the previous mask is the (empty) prediction
 
 
+@pytest.mark.slow
 def test_evaluate_interactive_cli(interactive_run, busi_root, capsys, tmp_path):
     from napari_mtunet.cli import main
 

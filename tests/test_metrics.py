@@ -199,13 +199,15 @@ def test_pooled_dice_and_balanced_accuracy_have_one_definition_each():
     """The fine-tune scores, validation and the bootstrap all call the same two functions."""
     import inspect
 
+    from napari_mtunet.training import evaluate, validation
     from napari_mtunet.training import metrics as M
-    from napari_mtunet.training import validation
     from napari_mtunet.workflows import finetune
 
     assert validation.balanced_accuracy is M.balanced_accuracy
-    src = inspect.getsource(finetune.scores)
-    assert "pooled_dice(" in src and "2.0 *" not in src
+    assert evaluate.balanced_accuracy is M.balanced_accuracy and evaluate.pooled_dice is M.pooled_dice
+    assert "score_images(" in inspect.getsource(finetune.scores)  # fine-tuning scores through ImageScores
+    src = inspect.getsource(evaluate.ImageScores)
+    assert "pooled_dice(" in src and "balanced_accuracy(" in src and "2.0 *" not in src
     pm = np.zeros((2, 4, 4), bool)
     tm = np.zeros((2, 4, 4), bool)
     pm[0, :2] = tm[0, 1:3] = True

@@ -55,6 +55,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under Xvfb)")
 def test_napari_never_imports_torch_and_the_compute_process_warms_up():
     code = textwrap.dedent(f"""

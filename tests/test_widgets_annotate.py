@@ -335,6 +335,7 @@ def test_annotate_errors_are_notified(make_napari_viewer, qtbot, tmp_path, error
     assert not (tmp_path / "set").exists()
 
 
+@pytest.mark.slow
 def test_finetune_adapts_to_a_folder_and_the_open_image_layers(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path,
                                                                errors, no_traceback):
     """"Adapt to": uncorrected images of the same scanner (a folder, and every slice of the open image layers)

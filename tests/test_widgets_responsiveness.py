@@ -73,6 +73,7 @@ def phantom_root(tmp_path_factory):
     return write_phantom_dataset(tmp_path_factory.mktemp("resp") / "phantom", n=12, size=64, seed=4)
 
 
+@pytest.mark.slow
 def test_napari_never_imports_torch_in_a_whole_session(request):
     """Run in a fresh Python process: in this one, other tests have imported torch already."""
     import subprocess
@@ -149,6 +150,7 @@ def test_fresh_process_whole_session(make_napari_viewer, qtbot, phantom_root, tm
     step("folder prediction", pw.predict_folder, pw)
 
 
+@pytest.mark.slow
 def test_ui_stays_responsive_while_training_and_predicting(make_napari_viewer, qtbot, phantom_root, tmp_path, errors):
     from napari_mtunet.widgets import PredictWidget, TrainWidget
     from napari_mtunet.widgets._warmup import warm_up_done

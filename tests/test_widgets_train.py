@@ -89,6 +89,7 @@ def wait_idle(qtbot, w, timeout=180_000):
     qtbot.waitUntil(lambda: not w.busy, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_widget_short_run_writes_checkpoint(make_napari_viewer, qtbot, phantom_root, tmp_path, errors,
                                                   no_traceback):
     from napari_mtunet.checkpoint import read_metadata
