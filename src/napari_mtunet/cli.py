@@ -557,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_h("fraction of the new samples held back to check before/after", F.check_fraction))
     p.add_argument("--unlabelled", nargs="+", default=None, metavar="IMAGES",
                    help="uncorrected images of the same scanner (folders or files; no labels needed): the model "
-                        "adapts to them (see --adapt-bn)")
+                        "re-estimates its BatchNorm statistics on them (see --adapt-bn; in the fine-tuning study "
+                        "this gained less than fine-tuning alone, docs/results.md)")
     p.add_argument("--adapt-bn", choices=ADAPT_BN, default=None,
                    help=_h("BatchNorm statistics: keep the base model's, re-estimate them on the new images "
                            "(corrections + --unlabelled), or on those mixed with replayed base images; auto: "

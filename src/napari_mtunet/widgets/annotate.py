@@ -75,8 +75,11 @@ class AnnotateWidget(JobWidget):
 
         self.checkpoint = PathEdit("file", MODEL_FILTER, "model to fine-tune (default: the one that predicted)")
         self.adapt_folder = PathEdit("dir", placeholder="optional: uncorrected images of the same scanner")
-        self.adapt_folder.setToolTip("Images of the same scanner that you have not corrected (no labels needed): "
-                                     "the model adapts its statistics to them")
+        self.adapt_folder.setToolTip("Optional. Images of the same scanner that you have not corrected (no labels "
+                                     "needed): the model re-estimates its BatchNorm statistics on them before "
+                                     "fine-tuning. In the fine-tuning study this gained less than fine-tuning "
+                                     "alone on average (docs/results.md); the verdict after fine-tuning says "
+                                     "whether it helped on your held-back corrections")
         self.adapt_layers = QCheckBox("and the open image layers")
         self.adapt_layers.setToolTip("Also adapt to every image layer open in napari (each slice of a stack)")
         self.device = DeviceCombo()
